@@ -1,0 +1,105 @@
+"""Integration tests of the foundation: tasks, models, baseline, used as a user would import them."""
+import json
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from actlab.core import ConfigError, state_dict_hash
+from actlab.tasks import TaskConfig, make_pairs, build_word_tokenizer, training_examples, SCHEMA
+from actlab.models import (BuiltinModelConfig, ModelLoadError, load_model, save_model, load_saved_model,
+                           train_builtin_model, data_dir, DEFAULT_MODEL_DIR)
+from actlab.baseline import evaluate_pairs, condition_table, prompt_report, answer_attribution
+
+
+@pytest.fixture(scope='module')
+def model():
+    return load_model('builtin', device='cpu')
+
+
+@pytest.fixture(scope='module')
+def pairs(model):
+    return make_pairs(TaskConfig(n_per_cell=10), model.tokenizer)
+
+
+def test_pairs_schema_and_lengths(pairs):
+    assert list(pairs.df.columns) == SCHEMA
+    for g in pairs.groups():
+        assert g.tokens('clean').shape == g.tokens('corrupted').shape
+    assert set(pairs.df.corruption_type) == set(TaskConfig().families)
+
+
+def test_no_train_eval_overlap(pairs):
+    import random
+    train = {p for p, _ in training_examples(TaskConfig(), random.Random(1), 20000)}
+    evals = set(pairs.df.prompt_plain) | set(pairs.df.prompt_clean) | set(pairs.df.prompt_corrupted)
+    assert not train & evals
+
+
+def test_bad_config_is_refused():
+    with pytest.raises(ConfigError, match='choose from'):
+        TaskConfig(operations=('mul',))
+
+
+def test_builtin_model_is_cached_and_identified(model):
+    meta = json.loads((data_dir() / DEFAULT_MODEL_DIR / 'config.json').read_text())
+    assert meta['recipe'] == BuiltinModelConfig().to_dict(), 'the cached model was trained with another recipe: retrain it'
+    assert model.actlab_identity['weights_hash'] == meta['weights_hash'] == state_dict_hash(model.state_dict())
+    t0 = time.time(); load_model('builtin', device='cpu'); assert time.time() - t0 < 30
+
+
+def test_phenomenon(model):
+    table = condition_table(evaluate_pairs(model, make_pairs(TaskConfig(), model.tokenizer)))
+    acc = table.set_index(['condition', 'suffix_length']).accuracy
+    assert acc[('plain', 0)] >= 0.98
+    assert acc.xs('id_control_prompt').min() >= 0.95
+    ood = table[~table.condition.isin(['plain', 'id_control_prompt', 'id_control'])]
+    assert ood.accuracy.min() < 0.9
+
+
+def test_training_is_deterministic():
+    cfg = BuiltinModelConfig(d_model=16, n_heads=2, d_mlp=32, steps=5, batch_size=8)
+    tok = build_word_tokenizer(cfg.task)
+    a, _ = train_builtin_model(cfg, tok, progress=False, device='cpu')
+    b, _ = train_builtin_model(cfg, tok, progress=False, device='cpu')
+    assert state_dict_hash(a.state_dict()) == state_dict_hash(b.state_dict())
+
+
+def test_local_hf_checkpoint_roundtrip(tmp_path):
+    from transformers import GPT2Config, GPT2LMHeadModel
+    tok = build_word_tokenizer()
+    hf = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=16, n_head=2, n_positions=32, vocab_size=len(tok))).eval()
+    hf.save_pretrained(tmp_path); tok.save_pretrained(tmp_path)
+    m = load_model(str(tmp_path), device='cpu', fold_ln=False, center_writing_weights=False, center_unembed=False)
+    ids = torch.tensor([[2, 5, 6, 7]])
+    torch.testing.assert_close(m(ids), hf(ids).logits, atol=1e-4, rtol=1e-4)
+    # the study's task runs on it unchanged
+    pairs = make_pairs(TaskConfig(n_per_cell=2, suffix_lengths=(1,)), m.tokenizer)
+    assert len(evaluate_pairs(m, pairs)) == len(pairs)
+
+
+def test_unknown_and_unreachable_models_fail_fast():
+    t0 = time.time()
+    with pytest.raises(ModelLoadError, match="Use 'builtin'"):
+        load_model('definitely-not-a-model')
+    with pytest.raises(ModelLoadError):
+        load_model('gpt2-small')  # no hub on test machines
+    assert time.time() - t0 < 20
+
+
+def test_prompt_report(model, pairs):
+    ex = pairs.df.iloc[0]
+    rep = prompt_report(model, ex.prompt_plain, ex.answer_token)
+    assert rep.rank == 0 and 0 < rep.prob <= 1 and rep.top_k[0][0].strip() == ex.answer_token.strip()
+    with pytest.raises(ValueError, match='single-token'):
+        prompt_report(model, ex.prompt_plain, ' 12 13')
+
+
+def test_attribution_sums_to_logit_diff(model, pairs):
+    g = pairs.groups()[0]
+    att = answer_attribution(model, g.tokens('clean'), g.answer_ids, g.distractor_ids)
+    ld = (model(g.tokens('clean'))[:, -1].gather(1, g.answer_ids[:, None]) - model(g.tokens('clean'))[:, -1].gather(1, g.distractor_ids[:, None]))[:, 0]
+    b_U = model.b_U[g.answer_ids] - model.b_U[g.distractor_ids]
+    torch.testing.assert_close(torch.tensor(att['components'].sum(1).to_numpy()) + b_U.detach(), ld.detach(), atol=1e-3, rtol=1e-3)
