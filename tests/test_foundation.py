@@ -11,7 +11,7 @@ from actlab.core import ConfigError, state_dict_hash
 from actlab.tasks import TaskConfig, make_pairs, build_word_tokenizer, training_examples, SCHEMA
 from actlab.models import (BuiltinModelConfig, ModelLoadError, load_model, save_model, load_saved_model,
                            train_builtin_model, data_dir, DEFAULT_MODEL_DIR)
-from actlab.baseline import evaluate_pairs, condition_table, prompt_report, answer_attribution
+from actlab.baseline import evaluate_pairs, condition_table, prompt_report, answer_attribution, answer_bias
 
 
 @pytest.fixture(scope='module')
@@ -70,7 +70,7 @@ def test_training_is_deterministic():
 def test_local_hf_checkpoint_roundtrip(tmp_path):
     from transformers import GPT2Config, GPT2LMHeadModel
     tok = build_word_tokenizer()
-    hf = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=16, n_head=2, n_positions=32, vocab_size=len(tok))).eval()
+    hf = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=16, n_head=2, n_positions=32, n_ctx=32, vocab_size=len(tok))).eval()
     hf.save_pretrained(tmp_path); tok.save_pretrained(tmp_path)
     m = load_model(str(tmp_path), device='cpu', fold_ln=False, center_writing_weights=False, center_unembed=False)
     ids = torch.tensor([[2, 5, 6, 7]])
@@ -101,5 +101,17 @@ def test_attribution_sums_to_logit_diff(model, pairs):
     g = pairs.groups()[0]
     att = answer_attribution(model, g.tokens('clean'), g.answer_ids, g.distractor_ids)
     ld = (model(g.tokens('clean'))[:, -1].gather(1, g.answer_ids[:, None]) - model(g.tokens('clean'))[:, -1].gather(1, g.distractor_ids[:, None]))[:, 0]
-    b_U = model.b_U[g.answer_ids] - model.b_U[g.distractor_ids]
-    torch.testing.assert_close(torch.tensor(att['components'].sum(1).to_numpy()) + b_U.detach(), ld.detach(), atol=1e-3, rtol=1e-3)
+    bias = answer_bias(model, g.answer_ids, g.distractor_ids)
+    torch.testing.assert_close(torch.tensor(att['components'].sum(1).to_numpy()) + bias, ld.detach(), atol=1e-3, rtol=1e-3)
+
+
+def test_default_config_file_is_the_default_study():
+    from pathlib import Path
+    from actlab.study import StudyConfig
+    assert StudyConfig.from_yaml(Path(__file__).parent.parent / 'configs' / 'default.yaml') == StudyConfig()
+
+
+def test_cli_bad_config_says_what_to_do(tmp_path):
+    bad = tmp_path / 'bad.yaml'; bad.write_text('task:\n  n_per_cel: 3\n')
+    r = subprocess.run([sys.executable, '-m', 'actlab.cli', 'run', str(bad)], capture_output=True, text=True)
+    assert r.returncode == 2 and 'known keys' in r.stderr and 'Traceback' not in r.stderr
