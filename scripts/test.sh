@@ -5,6 +5,8 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh || exit 1
 export PATH="$PWD/.venv/bin:$PATH"
+# the built-in model ships in data/default_model: a test must never retrain it silently
+export ACTLAB_NO_TRAIN=1
 status=0
 snapshot() { git status --porcelain --untracked-files=all -- "$@"; find "$@" -type f -not -path '*/__pycache__/*' -print0 | sort -z | xargs -0 md5sum; }
 
