@@ -115,3 +115,24 @@ def test_cli_bad_config_says_what_to_do(tmp_path):
     bad = tmp_path / 'bad.yaml'; bad.write_text('task:\n  n_per_cel: 3\n')
     r = subprocess.run([sys.executable, '-m', 'actlab.cli', 'run', str(bad)], capture_output=True, text=True)
     assert r.returncode == 2 and 'known keys' in r.stderr and 'Traceback' not in r.stderr
+
+
+def test_task_runs_on_a_gpt2_style_bpe_tokenizer(tmp_path):
+    """GPT-2's own files can't be downloaded here: train a byte-level BPE (GPT-2's algorithm and pre-tokenizer) and
+    check the task makes length-matched pairs with single-token answers under it."""
+    from tokenizers import ByteLevelBPETokenizer
+    from transformers import GPT2TokenizerFast
+    import random
+    from actlab.tasks import SUFFIX_FAMILIES, TEMPLATES
+    rng = random.Random(0)
+    words = [w for pool in SUFFIX_FAMILIES.values() for w in pool] + [str(i) for i in range(41)]
+    words += [w for ts in TEMPLATES.values() for p, c in ts for w in (p.replace('{a}', '').replace('{b}', '') + ' ' + c).split()]
+    corpus = [' '.join(rng.choice(words) for _ in range(12)) for _ in range(3000)]
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator(corpus, vocab_size=1200, min_frequency=1, special_tokens=['<|endoftext|>'])
+    bpe.save_model(str(tmp_path))
+    tok = GPT2TokenizerFast(vocab_file=str(tmp_path / 'vocab.json'), merges_file=str(tmp_path / 'merges.txt'))
+    pairs = make_pairs(TaskConfig(n_per_cell=5), tok)
+    for g in pairs.groups():
+        assert g.tokens('clean').shape == g.tokens('corrupted').shape
+    assert all(len(tok(t, add_special_tokens=False)['input_ids']) == 1 for t in pairs.df.answer_token)
