@@ -1,0 +1,118 @@
+"""Run every benchmark in bench/ and print one table: benchmark, ratio, the baseline it is measured against, target, pass/fail.
+
+    .venv/bin/python bench/run_all.py            # each bench with --quick (a few minutes in all on 2 CPU cores)
+    .venv/bin/python bench/run_all.py --full     # full sizes (the figures in the issues' targets)
+    .venv/bin/python bench/run_all.py --only saes_bench.py --only probes_bench.py
+
+Each bench runs in its own process (with the same OMP/MKL thread settings as this one) and prints its ratio against a
+baseline measured in the same run; this script reads those printed lines (each bench's own format, parsed below) and
+keeps every bench's full output in --log-dir (default: a temporary folder, printed at the end). A bench without a parser
+below is still run and listed with its last output line. Exit status 1 if any bench fails or misses its target.
+"""
+from __future__ import annotations
+import argparse, os, re, subprocess, sys, tempfile, time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+
+def _num(pat: str, text: str) -> float | None:
+    m = re.search(pat, text)
+    return float(m.group(1)) if m else None
+
+
+def _row(bench, metric, ratio, baseline, target, ok):
+    return dict(bench=bench, metric=metric, ratio=ratio, baseline=baseline, target=target,
+                result='n/a' if ok is None else ('PASS' if ok else 'FAIL'))
+
+
+def parse_patching(out: str) -> list[dict]:
+    r = _num(r'speedup:\s*([\d.]+)x wall', out); diff = _num(r'max abs diff:\s*([\d.eE+-]+)', out)
+    return [_row('patching_bench', 'speedup, per-example resid_pre sweep (wall)', r,
+                 'TransformerLens get_act_patch_resid_pre looped over examples', '>= 50x', None if r is None else r >= 50),
+            _row('patching_bench', 'max abs difference vs TransformerLens', diff, 'same', '<= 1e-4', None if diff is None else diff <= 1e-4)]
+
+
+def parse_extract(out: str) -> list[dict]:
+    r = _num(r'throughput ratio extract/bare = ([\d.]+)', out)
+    rows = [_row('extract_bench', 'throughput, selective extract + disk write', r, 'bare forward pass, same prompts',
+                 '>= 0.8', None if r is None else r >= 0.8)]
+    m = re.search(r'peak RSS ratio (\d+)k/(\d+)k = ([\d.]+) for (\d+)x the data', out)
+    if m:
+        rr = float(m.group(3))
+        rows.append(_row('extract_bench', f'peak RSS {m.group(1)}k vs {m.group(2)}k examples ({m.group(4)}x the data)', rr,
+                         f'the {m.group(2)}k-example extraction', 'flat: <= 1.5 (run_all reading of "does not grow")', rr <= 1.5))
+    return rows
+
+
+def parse_probes(out: str) -> list[dict]:
+    base = re.search(r"baseline sklearn (LogisticRegression\([^)]*\))", out)
+    rows = []
+    for m in re.finditer(r'^(\S.*?)\s{2,}([\d.]+)\s+([\d.]+)\s+(\S+)\s+([\d.]+)\s*$', out, re.M):
+        rows.append(_row('probes_bench', f'fit time: {m.group(1).strip()}', float(m.group(3)),
+                         f"sklearn {base.group(1) if base else 'LogisticRegression(l1, saga)'}, same data", 'none set (< 1 = faster)', None))
+    return rows
+
+
+def parse_saes(out: str) -> list[dict]:
+    r = _num(r'ratio store/memory = ([\d.]+)', out)
+    return [_row('saes_bench', 'SAE training steps/s from the on-disk store', r, 'in-memory TensorProvider, same SAETrainer',
+                 '>= 0.9', None if r is None else r >= 0.9)]
+
+
+PARSERS = {'patching_bench.py': parse_patching, 'extract_bench.py': parse_extract, 'probes_bench.py': parse_probes,
+           'saes_bench.py': parse_saes}
+
+
+def run_one(path: Path, full: bool, log_dir: Path, timeout: int) -> tuple[list[dict], float]:
+    cmd = [sys.executable, str(path)] + ([] if full else ['--quick'])
+    t0 = time.time()
+    try:
+        p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=HERE.parent)
+        out, rc = p.stdout + p.stderr, p.returncode
+    except subprocess.TimeoutExpired as e:
+        out, rc = (e.stdout or b'').decode() if isinstance(e.stdout, bytes) else (e.stdout or ''), 'timeout'
+    secs = time.time() - t0
+    (log_dir / f'{path.stem}.log').write_text(f'$ {" ".join(cmd)}\n{out}')
+    parser = PARSERS.get(path.name)
+    rows = parser(out) if parser else []
+    if rc != 0 or not rows or all(r['ratio'] is None for r in rows):
+        last = (out.strip().splitlines() or [''])[-1][:80]
+        why = f'exit {rc}' if rc != 0 else ('no parser for this bench' if parser is None else 'ratio line not found')
+        rows = [_row(path.stem, f'{why}: {last}', None, '', '', False if rc != 0 or parser else None)]
+    return rows, secs
+
+
+def table(rows: list[dict]) -> str:
+    cols = ['bench', 'metric', 'ratio', 'baseline', 'target', 'result']
+    fmt = lambda r, c: ('-' if r[c] is None else f'{r[c]:.3g}') if c == 'ratio' else str(r[c])
+    w = {c: max(len(c), *(len(fmt(r, c)) for r in rows)) for c in cols}
+    lines = [' | '.join(c.ljust(w[c]) for c in cols), '-+-'.join('-' * w[c] for c in cols)]
+    lines += [' | '.join(fmt(r, c).ljust(w[c]) for c in cols) for r in rows]
+    return '\n'.join(lines)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument('--full', action='store_true', help='full sizes instead of --quick')
+    ap.add_argument('--only', action='append', default=None, help='run only this bench file (repeatable)')
+    ap.add_argument('--log-dir', default=None, help='keep each bench output here')
+    ap.add_argument('--timeout', type=int, default=3600, help='seconds per bench')
+    a = ap.parse_args(argv)
+    benches = sorted(p for p in HERE.glob('*.py') if p.name != Path(__file__).name and not p.name.startswith('_'))
+    if a.only: benches = [p for p in benches if p.name in a.only]
+    if not benches: print('no benchmarks found', file=sys.stderr); return 2
+    log_dir = Path(a.log_dir or tempfile.mkdtemp(prefix='actlab-bench-')); log_dir.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for p in benches:
+        print(f'running {p.name} ({"full" if a.full else "--quick"}) ...', file=sys.stderr, flush=True)
+        r, secs = run_one(p, a.full, log_dir, a.timeout)
+        print(f'  {secs:.0f} s', file=sys.stderr, flush=True)
+        rows += r
+    print(table(rows))
+    print(f'\nthreads: OMP_NUM_THREADS={os.environ.get("OMP_NUM_THREADS", "unset")}; full outputs in {log_dir}')
+    return 1 if any(r['result'] == 'FAIL' for r in rows) else 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
