@@ -1,0 +1,203 @@
+"""The dashboards in a real browser: headless Debian Chromium driven by Playwright (executable_path, no
+`playwright install`).
+
+1. the offline docs site (scripts/build_docs.py, a subset) served on 127.0.0.1: the dashboards pages render their
+   saved widget state with the local @jupyter-widgets/html-manager and their plotly figures with the local plotly.js,
+   with every request to another host blocked; a widget is changed and the view checked to follow;
+2. JupyterLab on 127.0.0.1 with a live kernel: the notebook is run, a dropdown in the `actlab-dashboard` container
+   is changed and the Python callback must update the view.
+
+Screenshots go to tests/artifacts/. Chromium is installed by scripts/install_browser.sh when missing; the tests
+skip, saying why, only where it cannot be installed.
+Run: OMP_NUM_THREADS=1 .venv/bin/python -m pytest tests/test_browser.py -q
+"""
+import functools, http.server, json, os, shutil, socket, subprocess, sys, threading, time, urllib.request
+from pathlib import Path
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+from docs_helpers import ROOT, FIXTURE, build_site, dashboard_pages
+
+CHROMIUM = os.environ.get('ACTLAB_CHROMIUM', '/usr/bin/chromium')
+ARTIFACTS = ROOT / 'tests' / 'artifacts'
+DASHBOARDS_NB = ROOT / 'nbs' / '10_dashboards.ipynb'
+# the dashboard's content without its <select>s: changes only when a callback redraws something
+_VIEW_JS = '''el => { const c = el.cloneNode(true); c.querySelectorAll('select').forEach(s => s.remove());
+                     return c.innerHTML; }'''
+ARGS = ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-component-update',
+        '--no-first-run', '--disable-sync', '--disable-dev-shm-usage']
+
+@pytest.fixture(scope='module')
+def browser(tmp_path_factory):
+    if not Path(CHROMIUM).exists() or not _importable('playwright'):
+        r = subprocess.run(['bash', str(ROOT / 'scripts' / 'install_browser.sh')], capture_output=True, text=True,
+                           env={**os.environ, 'PYTHON': sys.executable})
+        if r.returncode or not Path(CHROMIUM).exists() or not _importable('playwright'):
+            pytest.skip(f'Chromium/Playwright cannot be installed here (scripts/install_browser.sh: '
+                        f'{(r.stderr or r.stdout).strip()[-300:]})')
+    from playwright.sync_api import sync_playwright
+    udd = tmp_path_factory.mktemp('chromium-profile')
+    with sync_playwright() as p:
+        ctx = p.chromium.launch_persistent_context(str(udd), executable_path=CHROMIUM, headless=True, args=ARGS,
+                                                   viewport={'width': 1280, 'height': 1000})
+        yield ctx
+        ctx.close()
+
+def _importable(mod):
+    import importlib.util
+    return importlib.util.find_spec(mod) is not None
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0)); return s.getsockname()[1]
+
+def _page(ctx, blocked):
+    "a page whose requests to anything but 127.0.0.1 are blocked and recorded"
+    page = ctx.new_page()
+    def route(r):
+        if r.request.url.startswith(('http://127.0.0.1', 'data:', 'blob:')): r.continue_()
+        else: blocked.append(r.request.url); r.abort()
+    page.route('**/*', route)
+    return page
+
+@pytest.fixture(scope='module')
+def served_site(tmp_path_factory):
+    pytest.importorskip('mkdocs_jupyter', reason='docs extras missing: pip install mkdocs-material mkdocs-jupyter')
+    site = build_site(tmp_path_factory.mktemp('docs'))
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(site))
+    handler.log_message = lambda *a, **k: None
+    httpd = http.server.ThreadingHTTPServer(('127.0.0.1', 0), handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    yield site, f'http://127.0.0.1:{httpd.server_address[1]}'
+    httpd.shutdown()
+
+def test_docs_site_dashboards_render_and_react(browser, served_site):
+    site, url = served_site
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    for name, html_path in dashboard_pages(site).items():
+        blocked, errors = [], []
+        page = _page(browser, blocked)
+        page.on('pageerror', lambda e: errors.append(str(e)))
+        page.goto(f'{url}/{name}/', wait_until='load')
+        dash = page.locator('.actlab-dashboard').first
+        dash.wait_for(state='visible', timeout=30_000)   # html-manager rendered the saved widget state
+        if 'plotly-graph-div' in html_path.read_text():
+            page.wait_for_selector('.plotly-graph-div .main-svg', timeout=30_000)
+        if name == 'widget_fixture':
+            slider = page.locator('.actlab-dashboard .widget-hslider .widget-readout')
+            assert slider.inner_text().strip() == '2'
+            page.locator('.actlab-dashboard .widget-text input').fill('7')
+            page.locator('.actlab-dashboard .widget-text input').press('Enter')
+            page.wait_for_function("document.querySelector('.actlab-dashboard .widget-hslider .widget-readout')"
+                                   ".innerText.trim() === '7'", timeout=10_000)   # jslink: the slider followed
+        select = dash.locator('select').first
+        if select.count():
+            opts = select.locator('option').evaluate_all('os => os.map(o => o.value)')
+            before = select.input_value()
+            new = next(o for o in opts if o != before)
+            select.select_option(new)
+            assert select.input_value() == new != before
+        dash.scroll_into_view_if_needed()
+        page.screenshot(path=str(ARTIFACTS / f'docs_{name}.png'), full_page=False)
+        assert not blocked, f'{name}: the page tried to load from the network: {blocked[:5]}'
+        assert not [e for e in errors if 'widget' in e.lower()], errors
+        page.close()
+
+@pytest.fixture(scope='module')
+def jupyterlab(tmp_path_factory):
+    if not _importable('jupyterlab'): pytest.skip('jupyterlab is not installed')
+    root = tmp_path_factory.mktemp('lab')
+    shutil.copy(FIXTURE, root / FIXTURE.name)
+    if DASHBOARDS_NB.exists(): shutil.copy(DASHBOARDS_NB, root / DASHBOARDS_NB.name)   # a copy: autosave can't touch nbs/
+    settings = root / '.settings' / '@jupyterlab' / 'apputils-extension'
+    settings.mkdir(parents=True)
+    (settings / 'notification.jupyterlab-settings').write_text(json.dumps({'fetchNews': 'false', 'checkForUpdates': False}))
+    port, token = _free_port(), 'actlab-test'
+    env = {**os.environ, 'ACTLAB_NO_TRAIN': '1', 'OMP_NUM_THREADS': '1', 'MKL_NUM_THREADS': '1',
+           'JUPYTERLAB_SETTINGS_DIR': str(root / '.settings'), 'JUPYTER_RUNTIME_DIR': str(root / '.runtime'),
+           'JUPYTERLAB_WORKSPACES_DIR': str(root / '.workspaces')}
+    log = open(root / 'lab.log', 'w')
+    proc = subprocess.Popen([sys.executable, '-m', 'jupyterlab', '--no-browser', '--ip=127.0.0.1', f'--port={port}',
+                             f'--IdentityProvider.token={token}', f'--ServerApp.root_dir={root}',
+                             '--LabApp.news_url=', '--LabApp.extension_manager=readonly']
+                            + (['--allow-root'] if os.geteuid() == 0 else []),
+                            stdout=log, stderr=subprocess.STDOUT, env=env, cwd=root)
+    url = f'http://127.0.0.1:{port}'
+    try:
+        for _ in range(120):
+            try:
+                urllib.request.urlopen(f'{url}/api/status?token={token}', timeout=2); break
+            except Exception: time.sleep(0.5)
+            if proc.poll() is not None: break
+        else: pytest.fail(f'JupyterLab did not start: {(root / "lab.log").read_text()[-2000:]}')
+        if proc.poll() is not None: pytest.fail(f'JupyterLab exited: {(root / "lab.log").read_text()[-2000:]}')
+        yield url, token, root
+    finally:
+        proc.terminate()
+        try: proc.wait(20)
+        except subprocess.TimeoutExpired: proc.kill()
+        log.close()
+
+def test_jupyterlab_dashboard_callback_updates_view(browser, jupyterlab):
+    url, token, root = jupyterlab
+    blocked = []
+    page = _page(browser, blocked)
+    page.goto(f'{url}/lab/tree/{FIXTURE.name}?token={token}&reset', wait_until='domcontentloaded')
+    page.wait_for_selector('.jp-Notebook .jp-Cell', timeout=90_000)
+    page.wait_for_selector('.jp-Notebook-ExecutionIndicator[data-status="idle"], .jp-KernelStatus', timeout=90_000)
+    try:
+        try:   # JupyterLab may ask which kernel to start: take the preselected Python 3
+            page.locator('.jp-Dialog button.jp-mod-accept').click(timeout=8_000)
+        except Exception: pass
+        page.get_by_role('menuitem', name='Run', exact=True).click()
+        page.get_by_text('Run All Cells', exact=True).click()
+        dash = page.locator('.jp-OutputArea .actlab-dashboard').first
+        dash.wait_for(state='visible', timeout=90_000)
+        view = dash.locator('.fixture-view')
+        assert view.inner_text().strip() == 'family: prefix'
+        dash.locator('select').first.select_option('suffix')
+        page.wait_for_function("document.querySelector('.actlab-dashboard .fixture-view').innerText.trim()"
+                               " === 'family: suffix'", timeout=30_000)   # the kernel's callback re-rendered the view
+    except Exception:
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / 'jupyterlab_failure.png'))
+        raise
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    dash.scroll_into_view_if_needed()
+    page.screenshot(path=str(ARTIFACTS / 'jupyterlab_fixture.png'))
+    page.close()
+
+def _open_and_run_all(page, url, token, name):
+    page.goto(f'{url}/lab/tree/{name}?token={token}&reset', wait_until='domcontentloaded')
+    page.wait_for_selector('.jp-Notebook .jp-Cell', timeout=90_000)
+    try:   # JupyterLab may ask which kernel to start: take the preselected Python 3
+        page.locator('.jp-Dialog button.jp-mod-accept').click(timeout=8_000)
+    except Exception: pass
+    page.get_by_role('menuitem', name='Run', exact=True).click()
+    page.get_by_text('Run All Cells', exact=True).click()
+
+def test_jupyterlab_real_dashboards_react(browser, jupyterlab):
+    "nbs/10_dashboards.ipynb run in JupyterLab: changing the first dropdown of a dashboard redraws its view"
+    if not DASHBOARDS_NB.exists(): pytest.skip('nbs/10_dashboards.ipynb does not exist yet')
+    url, token, root = jupyterlab
+    page = _page(browser, [])
+    try:
+        _open_and_run_all(page, url, token, DASHBOARDS_NB.name)
+        dash = page.locator('.jp-OutputArea .actlab-dashboard').first
+        dash.wait_for(state='visible', timeout=300_000)
+        select = dash.locator('select').first
+        select.wait_for(state='visible', timeout=30_000)
+        page.wait_for_timeout(1000)
+        before = dash.evaluate(_VIEW_JS)
+        opts = select.locator('option').evaluate_all('os => os.map(o => o.value)')
+        select.select_option(next(o for o in opts if o != select.input_value()))
+        handle = dash.element_handle()
+        page.wait_for_function(f'([el, b]) => ({_VIEW_JS})(el) !== b', arg=[handle, before], timeout=60_000)
+        dash.scroll_into_view_if_needed()
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / 'jupyterlab_10_dashboards.png'))
+    except Exception:
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / 'jupyterlab_10_dashboards_failure.png'))
+        raise
+    finally: page.close()
