@@ -30,6 +30,7 @@ def logit_diff(logits: torch.Tensor, answer_ids: torch.Tensor, distractor_ids: t
     "`logit[answer] − logit[distractor]` per row of last-position `logits` `[n, d_vocab]` → `[n]`."
     if not (len(logits) == len(answer_ids) == len(distractor_ids)):
         raise ValueError(f"row counts differ: logits {len(logits)}, answers {len(answer_ids)}, distractors {len(distractor_ids)}")
+    answer_ids, distractor_ids = answer_ids.to(logits.device), distractor_ids.to(logits.device)
     return logits.gather(1, answer_ids[:, None]).squeeze(1) - logits.gather(1, distractor_ids[:, None]).squeeze(1)
 
 # %% ../nbs/03_baseline.ipynb #261a3923
