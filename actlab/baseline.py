@@ -16,7 +16,7 @@ from .tasks import PairSet
 
 # %% auto #0
 __all__ = ['last_logits', 'logit_diff', 'evaluate_pairs', 'condition_table', 'plot_conditions', 'PromptReport', 'prompt_report',
-           'answer_direction', 'answer_bias', 'answer_attribution', 'plot_attribution']
+           'unembed_difference', 'answer_direction', 'answer_bias', 'answer_attribution', 'plot_attribution']
 
 # %% ../nbs/03_baseline.ipynb #bfd84ece
 @torch.no_grad()
@@ -112,15 +112,19 @@ def prompt_report(model: HookedTransformer, prompt: str, answer: str, top_k: int
     return PromptReport(prompt, answer, rank, float(logits[ans]), float(probs[ans]), top)
 
 # %% ../nbs/03_baseline.ipynb #8aa23bfe
+def unembed_difference(model: HookedTransformer, answer_ids: torch.Tensor, distractor_ids: torch.Tensor) -> torch.Tensor:
+    "`W_U[:, answer] − W_U[:, distractor]` per example: `[n, d_model]` (what the unembedding reads from the final-LN output)."
+    return (model.W_U[:, answer_ids] - model.W_U[:, distractor_ids]).T.float().detach()
+
 def answer_direction(model: HookedTransformer, answer_ids: torch.Tensor, distractor_ids: torch.Tensor) -> torch.Tensor:
     "The residual direction read as `logit[answer] − logit[distractor]` after final-LN normalization, per example: `[n, d_model]`."
-    d = (model.W_U[:, answer_ids] - model.W_U[:, distractor_ids]).T.float()
+    d = unembed_difference(model, answer_ids, distractor_ids)
     w = getattr(model.ln_final, 'w', None)  # an unfolded LayerNorm scales by w before the unembedding
     return (d * w.float()).detach() if w is not None else d.detach()
 
 def answer_bias(model: HookedTransformer, answer_ids: torch.Tensor, distractor_ids: torch.Tensor) -> torch.Tensor:
     "The part of the logit difference no component writes: unembedding bias and final-LN bias, `[n]`."
-    d = (model.W_U[:, answer_ids] - model.W_U[:, distractor_ids]).T.float()
+    d = unembed_difference(model, answer_ids, distractor_ids)
     out = (model.b_U[answer_ids] - model.b_U[distractor_ids]).float()
     b = getattr(model.ln_final, 'b', None)
     return (out + d @ b.float() if b is not None else out).detach()
@@ -131,7 +135,7 @@ def answer_attribution(model: HookedTransformer, tokens: torch.Tensor, answer_id
     _, cache = model.run_with_cache(tokens.to(model.cfg.device), names_filter=lambda n: n.endswith(('hook_resid_pre', 'hook_resid_mid', 'hook_resid_post', 'hook_result', 'hook_mlp_out', 'hook_embed', 'hook_pos_embed', 'hook_scale', 'hook_z', 'hook_attn_out')))
     direction = answer_direction(model, answer_ids, distractor_ids).to(model.cfg.device)  # [n, d_model]
     acc, acc_labels = cache.accumulated_resid(apply_ln=True, pos_slice=-1, return_labels=True)  # [component, n, d_model]
-    unembed_dir = (model.W_U[:, answer_ids] - model.W_U[:, distractor_ids]).T.float().detach().to(direction.device)
+    unembed_dir = unembed_difference(model, answer_ids, distractor_ids).to(direction.device)
     lens = torch.einsum('cnd,nd->nc', acc.float(), unembed_dir).cpu().numpy()  # acc is already through ln_final (w and b)
     heads, head_labels = cache.stack_head_results(apply_ln=True, pos_slice=-1, return_labels=True)
     comps, comp_labels = cache.decompose_resid(apply_ln=True, pos_slice=-1, return_labels=True, mode='all', incl_embeds=True)
