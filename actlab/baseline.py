@@ -12,65 +12,113 @@ import plotly.express as px
 import plotly.graph_objects as go
 from transformer_lens import HookedTransformer
 
-from .tasks import PairSet
+from .metrics import correct, margin, logit_diff, answer_metrics, bootstrap_ci, bootstrap_table, Claim
+from .tasks import PairSet, OOD_FAMILIES, CONTROL_FAMILIES, NULL_FAMILIES, family_kind
 
 # %% auto #0
-__all__ = ['last_logits', 'logit_diff', 'evaluate_pairs', 'condition_table', 'plot_conditions', 'PromptReport', 'prompt_report',
-           'unembed_difference', 'answer_direction', 'answer_bias', 'answer_attribution', 'plot_attribution']
+__all__ = ['last_logits', 'evaluate_pairs', 'condition_table', 'phenomenon_claims', 'interval_table', 'plot_conditions',
+           'PromptReport', 'prompt_report', 'unembed_difference', 'answer_direction', 'answer_bias',
+           'answer_attribution', 'plot_attribution', 'residual_sites', 'decodability_by_layer', 'decodability_table',
+           'decodable_upstream_claim', 'plot_decodability', 'embedding_norms', 'seed_claims']
 
 # %% ../nbs/03_baseline.ipynb #bfd84ece
 @torch.no_grad()
-def last_logits(model: HookedTransformer, tokens: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
+def last_logits(model: HookedTransformer, tokens: torch.Tensor,  # `[n, seq]` token ids, BOS included
+                batch_size: int = 512) -> torch.Tensor:
     "Logits at the last position, `[n, d_vocab]`, computed in batches of `batch_size`."
     if tokens.ndim != 2: raise ValueError(f"tokens must be [batch, seq], got shape {tuple(tokens.shape)}")
     dev = model.cfg.device
     return torch.cat([model(tokens[i:i + batch_size].to(dev))[:, -1].float().cpu() for i in range(0, len(tokens), batch_size)])
 
-def logit_diff(logits: torch.Tensor, answer_ids: torch.Tensor, distractor_ids: torch.Tensor) -> torch.Tensor:
-    "`logit[answer] − logit[distractor]` per row of last-position `logits` `[n, d_vocab]` → `[n]`."
-    if not (len(logits) == len(answer_ids) == len(distractor_ids)):
-        raise ValueError(f"row counts differ: logits {len(logits)}, answers {len(answer_ids)}, distractors {len(distractor_ids)}")
-    answer_ids, distractor_ids = answer_ids.to(logits.device), distractor_ids.to(logits.device)
-    return logits.gather(1, answer_ids[:, None]).squeeze(1) - logits.gather(1, distractor_ids[:, None]).squeeze(1)
-
 # %% ../nbs/03_baseline.ipynb #261a3923
 def evaluate_pairs(model: HookedTransformer, pairs: PairSet, batch_size: int = 512) -> pd.DataFrame:
-    "Per example: accuracy (argmax == answer) and logit difference of the plain, clean (ID control) and corrupted prompts."
+    "Per example: `correct_*`, `margin_*` and `logit_diff_*` of the plain, clean (ID control) and corrupted prompts; `survives`."
     out = []
+    keep = ['example_id', 'problem_id', 'corruption_type', 'family_kind', 'suffix_length']
     for g in pairs.groups():
-        df = g.df[['example_id', 'corruption_type', 'suffix_length']].copy()
+        df = g.df[keep].copy()
         for kind in ('clean', 'corrupted'):
-            lg = last_logits(model, g.tokens(kind), batch_size)
-            df[f'correct_{kind}'] = (lg.argmax(-1) == g.answer_ids).numpy()
-            df[f'logit_diff_{kind}'] = logit_diff(lg, g.answer_ids, g.distractor_ids).numpy()
+            for name, v in answer_metrics(last_logits(model, g.tokens(kind), batch_size), g.answer_ids, g.distractor_ids).items():
+                df[f'{name}_{kind}'] = v
         out.append(df)
+    if not out: raise ValueError('evaluate_pairs needs a non-empty pair set')
     res = pd.concat(out).set_index('example_id').loc[pairs.df.example_id].reset_index()
     # plain prompts have their own lengths: score them grouped by length
     plain_tok = [[pairs.tokenizer.bos_token_id] + pairs.tokenizer(t, add_special_tokens=False)['input_ids'] for t in pairs.df.prompt_plain]
     lens = np.array([len(t) for t in plain_tok])
-    correct, ld = np.zeros(len(pairs), bool), np.zeros(len(pairs), np.float32)
+    plain = {k: np.zeros(len(pairs), bool if k == 'correct' else np.float32) for k in ('correct', 'margin', 'logit_diff')}
     for n in np.unique(lens):
         idx = np.flatnonzero(lens == n)
-        lg = last_logits(model, torch.tensor([plain_tok[i] for i in idx]), batch_size)
-        correct[idx] = (lg.argmax(-1) == pairs.answer_ids[idx]).numpy()
-        ld[idx] = logit_diff(lg, pairs.answer_ids[idx], pairs.distractor_ids[idx]).numpy()
-    res['correct_plain'], res['logit_diff_plain'] = correct, ld
-    res['survives'] = res.logit_diff_corrupted > 0
+        m = answer_metrics(last_logits(model, torch.tensor([plain_tok[i] for i in idx]), batch_size),
+                           pairs.answer_ids[idx], pairs.distractor_ids[idx])
+        for k in plain: plain[k][idx] = m[k]
+    for k, v in plain.items(): res[f'{k}_plain'] = v
+    res['survives'] = res.correct_corrupted
     return res
 
-def condition_table(scores: pd.DataFrame) -> pd.DataFrame:
-    "Accuracy and mean logit difference per condition × suffix length (conditions: plain, id_control_prompt, each family)."
-    rows = []
+def _cells(scores: pd.DataFrame):
+    "(condition, kind, pools, suffix_length, prompt, rows) for every cell of the phenomenon table."
+    yield 'plain', 'plain', 'all pairs', 0, 'plain', scores
     for L, g in scores.groupby('suffix_length'):
-        rows.append(dict(condition='plain', suffix_length=0, accuracy=g.correct_plain.mean(), logit_diff=g.logit_diff_plain.mean(), n=len(g)))
-        rows.append(dict(condition='id_control_prompt', suffix_length=L, accuracy=g.correct_clean.mean(), logit_diff=g.logit_diff_clean.mean(), n=len(g)))
+        yield 'id_control_prompt', 'control', 'all pairs', L, 'clean', g
         for fam, f in g.groupby('corruption_type'):
-            rows.append(dict(condition=fam, suffix_length=L, accuracy=f.correct_corrupted.mean(), logit_diff=f.logit_diff_corrupted.mean(), n=len(f)))
-    t = pd.DataFrame(rows)
-    plain = t[t.condition == 'plain']
-    plain = pd.DataFrame([dict(condition='plain', suffix_length=0, accuracy=(plain.accuracy * plain.n).sum() / plain.n.sum(),
-                               logit_diff=(plain.logit_diff * plain.n).sum() / plain.n.sum(), n=int(plain.n.sum()))])
-    return pd.concat([plain, t[t.condition != 'plain']]).reset_index(drop=True)
+            yield fam, family_kind(fam), fam, L, 'corrupted', f
+        ood = g[g.family_kind == 'ood']
+        if len(ood): yield 'ood (pooled)', 'ood', ','.join(sorted(ood.corruption_type.unique())), L, 'corrupted', ood
+
+def condition_table(scores: pd.DataFrame,  # `evaluate_pairs` output
+                    n_boot: int = 2000, seed: int = 0) -> pd.DataFrame:
+    "Per condition × suffix length: accuracy, margin and logit difference with 95% bootstrap intervals (by `problem_id`)."
+    rows = []
+    for cond, kind, pools, L, prompt, g in _cells(scores):
+        row = dict(condition=cond, kind=kind, pools=pools, suffix_length=L, n=len(g), n_prompts=g.problem_id.nunique())
+        for metric, col in (('accuracy', 'correct'), ('margin', 'margin'), ('logit_diff', 'logit_diff')):
+            est, lo, hi = bootstrap_ci(g[f'{col}_{prompt}'].to_numpy(float), g.problem_id.to_numpy(), n_boot=n_boot, seed=seed)
+            row.update({metric: est, f'{metric}_lo': lo, f'{metric}_hi': hi})
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+# %% ../nbs/03_baseline.ipynb #2806f5e5
+def phenomenon_claims(table: pd.DataFrame,  # `condition_table` output
+                      clean_min: float = 0.98, control_min: float = 0.95) -> list[Claim]:
+    "The claims the study's premise rests on, each with its numbers and a verdict."
+    t = table.set_index(['condition', 'suffix_length'])
+    acc = lambda c: t.loc[c].accuracy
+    clean = acc('id_control_prompt')
+    out = [Claim('clean_accuracy', f'the model is right on ID-control prompts (accuracy >= {clean_min} at every length)',
+                 bool(clean.min() >= clean_min), dict(min_accuracy=float(clean.min()), by_length=clean.round(3).to_dict()))]
+    for fam in [c for c in CONTROL_FAMILIES if c in t.index.get_level_values(0)]:
+        a = acc(fam)
+        out.append(Claim(f'{fam}_accuracy', f'the {fam} control keeps the answer (accuracy >= {control_min} at every length)',
+                         bool(a.min() >= control_min), dict(min_accuracy=float(a.min()), by_length=a.round(3).to_dict())))
+    fams = [f for f in OOD_FAMILIES if f in t.index.get_level_values(0)]
+    grows = {}
+    for fam in fams:
+        f = t.loc[fam]; L0, L1 = f.index.min(), f.index.max()
+        grows[fam] = dict(short=float(f.accuracy[L0]), long=float(f.accuracy[L1]), separated=bool(f.accuracy_hi[L1] < f.accuracy_lo[L0]))
+    out.append(Claim('ood_drop_grows_with_length', 'every OOD family hurts more at the longest suffix than at the shortest (intervals apart)',
+                     bool(fams) and all(v['separated'] for v in grows.values()), grows))
+    ev, apart = {}, []
+    for L in sorted({L for f in fams for L in t.loc[f].index}):
+        cell = {f: t.loc[(f, L)] for f in fams if (f, L) in t.index}
+        best, worst = max(cell, key=lambda f: cell[f].accuracy), min(cell, key=lambda f: cell[f].accuracy)
+        apart.append(bool(cell[worst].accuracy_hi < cell[best].accuracy_lo))
+        ev[int(L)] = dict(best=best, best_accuracy=round(float(cell[best].accuracy), 3), worst=worst,
+                          worst_accuracy=round(float(cell[worst].accuracy), 3), apart=apart[-1])
+    out.append(Claim('ood_families_differ', 'OOD families differ: at most suffix lengths the best and worst family have intervals apart',
+                     len(fams) > 1 and sum(apart) > len(apart) / 2, ev))
+    return out
+
+# %% ../nbs/03_baseline.ipynb #2806f5e9
+def interval_table(table: pd.DataFrame,  # `condition_table` output
+                   metric: str = 'accuracy',  # 'accuracy', 'margin' or 'logit_diff'
+                   digits: int = 2) -> pd.DataFrame:
+    "Conditions × suffix lengths, each cell `estimate [lo, hi]`; rows ordered controls, OOD families, pooled OOD, null."
+    if metric not in ('accuracy', 'margin', 'logit_diff'): raise ValueError(f"metric must be 'accuracy', 'margin' or 'logit_diff', got {metric!r}")
+    f = lambda r: f"{r[metric]:.{digits}f} [{r[metric + '_lo']:.{digits}f}, {r[metric + '_hi']:.{digits}f}]"
+    grid = table.assign(cell=table.apply(f, axis=1)).pivot(index='condition', columns='suffix_length', values='cell').fillna('')
+    order = ['plain', 'id_control_prompt', *CONTROL_FAMILIES, *OOD_FAMILIES, 'ood (pooled)', *NULL_FAMILIES]
+    return grid.loc[[c for c in order if c in grid.index] + [c for c in grid.index if c not in order]]
 
 # %% ../nbs/03_baseline.ipynb #c1ff8ac5
 def plot_conditions(table: pd.DataFrame, metric: str = 'accuracy') -> go.Figure:
@@ -164,3 +212,121 @@ def plot_attribution(model: HookedTransformer, pairs: PairSet, family: str, suff
                     legendgroup=kind, showlegend=False)
     fig.update_layout(height=380, barmode='group', title=f'{family}, suffix length {suffix_length}: where the answer is written')
     return fig
+
+# %% ../nbs/03_baseline.ipynb #dec0de02
+def residual_sites(model: HookedTransformer) -> list[str]:
+    "The residual stream at the input of every block, and the final one: `n_layers + 1` hook names."
+    return [f'blocks.{l}.hook_resid_pre' for l in range(model.cfg.n_layers)] + [f'blocks.{model.cfg.n_layers - 1}.hook_resid_post']
+
+def decodability_by_layer(model: HookedTransformer, pairs: PairSet,
+                          scores: pd.DataFrame | None = None,  # `evaluate_pairs(model, pairs)`, computed when None
+                          n_splits: int = 5, Cs: tuple[float, ...] = (1.0, 10.0, 100.0), min_train: int = 50, seed: int = 0) -> pd.DataFrame:
+    "Per scored run: `site, layer, condition, example_id, problem_id, decoded` (held-out answer decoding, folds by clean prompt)."
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import GroupKFold
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+    scores = evaluate_pairs(model, pairs) if scores is None else scores
+    df = pairs.df.reset_index(drop=True)
+    if not (scores.example_id.to_numpy() == df.example_id.to_numpy()).all(): raise ValueError('scores must be evaluate_pairs(model, pairs) for these pairs')
+    if df.problem_id.nunique() < n_splits: raise ValueError(f"need at least n_splits={n_splits} distinct clean prompts, got {df.problem_id.nunique()}")
+    hooks = residual_sites(model)
+    from actlab.capture import pair_activations
+    clean = {h: a.numpy() for h, a in pair_activations(model, pairs, hooks, 'clean').items()}
+    corrupt = {h: a.numpy() for h, a in pair_activations(model, pairs, hooks, 'corrupted').items()}
+    y = df.answer_id.to_numpy()
+    failed = ((df.family_kind == 'ood') & ~scores.correct_corrupted).to_numpy()
+    idctl = (df.corruption_type == 'id_control').to_numpy()
+    import warnings
+    from sklearn.exceptions import ConvergenceWarning
+    def fit(X, t, g):
+        "A decoder with C chosen on an inner grouped split of these rows (never the outer test rows)."
+        make = lambda C: make_pipeline(StandardScaler(), LogisticRegression(C=C, max_iter=500))
+        with warnings.catch_warnings():
+            warnings.simplefilter('ignore', ConvergenceWarning)
+            C = Cs[0]
+            if len(Cs) > 1 and len(np.unique(g)) >= 4:
+                itr, ite = next(GroupKFold(4).split(X, t, groups=g))
+                C = max(Cs, key=lambda c: (make(c).fit(X[itr], t[itr]).predict(X[ite]) == t[ite]).mean())
+            return make(C).fit(X, t)
+    g_all = df.problem_id.to_numpy()
+    rows = []
+    def score(decoder, X, mask, cond, site, layer):
+        if mask.any():
+            rows.append(pd.DataFrame(dict(site=site, layer=layer, condition=cond, example_id=df.example_id[mask].to_numpy(),
+                                          problem_id=df.problem_id[mask].to_numpy(), decoded=decoder.predict(X[mask]) == y[mask])))
+    folds = list(GroupKFold(n_splits).split(y, groups=df.problem_id))
+    for layer, h in enumerate(hooks):
+        for tr, te in folds:
+            trm, tem = np.zeros(len(df), bool), np.zeros(len(df), bool); trm[tr] = True; tem[te] = True
+            dec = fit(clean[h][trm], y[trm], g_all[trm])
+            score(dec, clean[h], tem, 'clean', h, layer)
+            score(dec, corrupt[h], tem & idctl, 'id_control', h, layer)
+            score(dec, corrupt[h], tem & failed, 'ood_failed', h, layer)
+            own = trm & failed
+            if own.sum() >= min_train and len(np.unique(y[own])) > 1:
+                score(fit(corrupt[h][own], y[own], g_all[own]), corrupt[h], tem & failed, 'ood_failed_own', h, layer)
+    return pd.concat(rows, ignore_index=True)
+
+def decodability_table(runs: pd.DataFrame,  # `decodability_by_layer` output
+                       n_boot: int = 1000) -> pd.DataFrame:
+    "Held-out decoding accuracy per site and condition, with 95% bootstrap intervals by clean prompt."
+    t = bootstrap_table(runs, ['layer', 'site', 'condition'], 'decoded', n_boot=n_boot)
+    return t.rename(columns=dict(est='accuracy', lo='accuracy_lo', hi='accuracy_hi'))
+
+def decodable_upstream_claim(table: pd.DataFrame,  # `decodability_table` output
+                             n_layers: int, min_accuracy: float = 0.9) -> Claim:
+    "Claim: on clean runs the answer decodes (held out) with accuracy >= `min_accuracy` at a site a full layer before the last."
+    t = table[(table.condition == 'clean')].set_index('layer')
+    upstream = t[t.index <= n_layers - 1]  # resid_pre of the last block, or earlier
+    best = upstream.accuracy.idxmax() if len(upstream) else None
+    first = next((int(l) for l in upstream.index if upstream.accuracy[l] >= min_accuracy), None)
+    return Claim('answer_decodable_upstream', f'the answer decodes from the clean residual stream with held-out accuracy >= {min_accuracy} '
+                 'at a site at least one full layer before the last', first is not None,
+                 dict(first_layer=first, first_site=None if first is None else t.site[first],
+                      best_site=None if best is None else t.site[best], best_accuracy=None if best is None else float(upstream.accuracy[best]),
+                      by_site=t.set_index('site').accuracy.round(3).to_dict()))
+
+def plot_decodability(table: pd.DataFrame) -> go.Figure:
+    "Held-out decoding accuracy by residual site, one line per condition, with interval bands."
+    fig = go.Figure()
+    colors = dict(clean='#1f77b4', id_control='#2ca02c', ood_failed='#d62728', ood_failed_own='#ff7f0e')
+    for cond, g in table.groupby('condition', sort=False):
+        g = g.sort_values('layer')
+        c = colors.get(cond, '#7f7f7f')
+        fig.add_scatter(x=g.site, y=g.accuracy, mode='lines+markers', name=f'{cond} (n={int(g.n.max())})', line_color=c,
+                        error_y=dict(type='data', symmetric=False, array=g.accuracy_hi - g.accuracy, arrayminus=g.accuracy - g.accuracy_lo))
+    fig.update_layout(height=380, title='Answer decodability by layer (held-out, folds by clean prompt; 95% intervals)',
+                      yaxis=dict(title='decoding accuracy', range=[0, 1.05]), xaxis_title='residual site', legend_title='runs')
+    return fig
+
+# %% ../nbs/03_baseline.ipynb #dec0de05
+def embedding_norms(model: HookedTransformer, tokenizer) -> pd.DataFrame:
+    "Mean and spread of `‖W_E[token]‖` over each suffix family's single-token words."
+    from actlab.tasks import SUFFIX_FAMILIES, suffix_pools
+    rows = []
+    for fam, words in suffix_pools(tokenizer, list(SUFFIX_FAMILIES)).items():
+        ids = sorted({tokenizer(' ' + w, add_special_tokens=False)['input_ids'][0] for w in words})
+        n = model.W_E[ids].norm(dim=-1).detach().float().cpu().numpy()
+        rows.append(dict(family=fam, kind=family_kind(fam), n_tokens=len(ids), mean_norm=float(n.mean()), std_norm=float(n.std())))
+    return pd.DataFrame(rows)
+
+def seed_claims(recipes: list,  # model recipes (e.g. `BuiltinModelConfig(seed=s)`), one per seed
+                load: 'Callable',  # recipe -> trained model
+                task: 'TaskConfig | None' = None, decodability: bool = True) -> pd.DataFrame:
+    "One row per seed and claim: `seed, claim, holds, statement`; each seed's condition table is in `.attrs['tables']`."
+    from actlab.tasks import TaskConfig, make_pairs
+    rows, tables = [], {}
+    for r in recipes:
+        model = load(r)
+        pairs = make_pairs(task or TaskConfig(), model.tokenizer)
+        scores = evaluate_pairs(model, pairs)
+        table = condition_table(scores)
+        claims = phenomenon_claims(table)
+        if decodability:
+            claims.append(decodable_upstream_claim(decodability_table(decodability_by_layer(model, pairs, scores, n_splits=3)), model.cfg.n_layers))
+        tables[r.seed] = table
+        rows += [dict(seed=r.seed, claim=c.name, holds=bool(c.holds), statement=c.statement) for c in claims]
+    out = pd.DataFrame(rows)
+    out.attrs['tables'] = tables
+    return out

@@ -25,7 +25,8 @@ __all__ = ['PROBE_EXPECTED_FAILED_CHECKS', 'TERNARY_CLASSES', 'group_index', 'he
            'fit_prox', 'L1LogisticProbe', 'MultinomialL1Probe', 'LassoProbe', 'GroupLassoClassifier',
            'GroupLassoRegressor', 'all_probes', 'ProbeConfig', 'clean_prompt_groups', 'cv_splits', 'alpha_max',
            'PathResult', 'regularization_path', 'plot_path', 'plot_head_heatmap', 'PlantedData', 'planted_activations',
-           'support_f1', 'ternary_labels', 'probe_direction', 'mean_ablate_direction', 'mean_ablate_heads',
+           'support_f1', 'ternary_labels', 'answer_subspace', 'random_subspace', 'subspace_patched_margin',
+           'subspace_rescue', 'subspace_rescue_claim', 'probe_direction', 'mean_ablate_direction', 'mean_ablate_heads',
            'predictive_vs_causal']
 
 # %% ../nbs/07_probes.ipynb #65283b84
@@ -795,6 +796,79 @@ def ternary_labels(clean_acts,            # [n, d] late-site activations, clean 
         definition="preserved: corrupted output right; readable_unused: wrong output but the clean-trained decoder reads the "
                    "answer from the corrupted activation; erased: neither")
     return labels, record
+
+# %% ../nbs/07_probes.ipynb #7e77a002
+def answer_subspace(decoder,  # a fitted multiclass linear probe (e.g. `MultinomialL1Probe`) with `coef_` [classes, d]
+                    k: int = 8) -> np.ndarray:
+    "An orthonormal basis `[k, d]` of the directions the decoder reads: the top-`k` right singular vectors of its centred weights."
+    W = np.atleast_2d(np.asarray(decoder.coef_, np.float64))
+    if W.shape[0] > 1: W = W - W.mean(0)
+    _, S, Vt = np.linalg.svd(W, full_matrices=False)
+    k = min(k, int((S > 1e-9 * max(S.max(), 1e-30)).sum()))
+    if k == 0: raise ValueError("the decoder has all-zero weights (alpha too large?); there is no answer subspace")
+    return Vt[:k]
+
+def random_subspace(d: int, k: int, rng: np.random.Generator) -> np.ndarray:
+    "A uniformly random orthonormal basis `[k, d]`."
+    q, _ = np.linalg.qr(rng.normal(size=(d, k)))
+    return q.T
+
+@torch.no_grad()
+def subspace_patched_margin(model, clean_tokens, corrupted_tokens,  # [n, seq] each, equal lengths
+                            answer_ids,  # [n]
+                            hook_name: str,  # a residual-stream hook, e.g. 'blocks.2.hook_resid_pre'
+                            basis: np.ndarray,  # [k, d] orthonormal rows
+                            pos: int = -1) -> np.ndarray:
+    "Margin `[n]` of the corrupted run with the clean run's component inside `span(basis)` patched in at `hook_name`, `pos`."
+    from actlab.capture import pair_activations
+    from actlab.metrics import margin
+    dev = next(model.parameters()).device
+    clean_act = capture(model, clean_tokens, [hook_name])[hook_name].to(dev) if pos == -1 else None
+    if clean_act is None: raise ValueError('only the answer position (pos=-1) is supported')
+    B = torch.as_tensor(basis, dtype=clean_act.dtype, device=dev)
+    def hook(act, hook):
+        x = act[:, -1]
+        act[:, -1] = x + ((clean_act[:len(x)] - x) @ B.T) @ B
+        return act
+    logits = model.run_with_hooks(torch.as_tensor(corrupted_tokens).to(dev), fwd_hooks=[(hook_name, hook)])[:, -1]
+    return _np(margin(logits.float(), torch.as_tensor(answer_ids).to(dev)))
+
+def subspace_rescue(model, pairs,  # a `PairSet` (the rows to score)
+                    hook_name: str, decoder, k: int = 8, n_random: int = 8, seed: int = 0) -> pd.DataFrame:
+    "Per pair: rescue of the margin by the decoder's answer subspace and by random subspaces of the same dimension."
+    from actlab.metrics import margin
+    from actlab.baseline import last_logits
+    rng = np.random.default_rng(seed)
+    basis = answer_subspace(decoder, k)
+    d = basis.shape[1]
+    rand = [random_subspace(d, len(basis), rng) for _ in range(n_random)]
+    rows = []
+    for g in pairs.groups():
+        ct, xt, a = g.tokens('clean'), g.tokens('corrupted'), g.answer_ids
+        m_clean = _np(margin(last_logits(model, ct), a)); m_corr = _np(margin(last_logits(model, xt), a))
+        m_sub = subspace_patched_margin(model, ct, xt, a, hook_name, basis)
+        m_rand = np.mean([subspace_patched_margin(model, ct, xt, a, hook_name, b) for b in rand], 0)
+        den = m_clean - m_corr
+        ok = np.abs(den) > np.maximum(0.1, 0.05 * np.abs(m_clean))  # relative degenerate guard, as in patching
+        rows.append(pd.DataFrame(dict(example_id=g.df.example_id.to_numpy(), problem_id=g.df.problem_id.to_numpy(),
+                                      corruption_type=g.df.corruption_type.to_numpy(), margin_clean=m_clean, margin_corrupted=m_corr,
+                                      rescue_subspace=np.where(ok, (m_sub - m_corr) / np.where(ok, den, 1), np.nan),
+                                      rescue_random=np.where(ok, (m_rand - m_corr) / np.where(ok, den, 1), np.nan), degenerate=~ok)))
+    out = pd.concat(rows, ignore_index=True)
+    out.attrs.update(hook_name=hook_name, k=int(len(basis)), n_random=n_random)
+    return out
+
+def subspace_rescue_claim(res: pd.DataFrame,  # `subspace_rescue` output (the rows to judge, e.g. one class's failures)
+                          what: str = 'failed runs') -> 'Claim':
+    "Claim: patching the decoder's answer subspace rescues more than random subspaces of equal dimension (median paired difference > 0)."
+    from actlab.metrics import Claim, bootstrap_ci
+    r = res[~res.degenerate]
+    diff = (r.rescue_subspace - r.rescue_random).to_numpy()
+    est, lo, hi = bootstrap_ci(diff, r.problem_id.to_numpy(), stat=np.median, n_boot=1000) if len(r) else (np.nan,) * 3
+    return Claim('answer_subspace_rescues', f"on {what}, patching the clean answer code (the decoder's {res.attrs.get('k')}-dim subspace at "
+                 f"{res.attrs.get('hook_name')}) rescues more than random subspaces of the same size",
+                 bool(len(r) >= 10 and lo > 0), dict(n=int(len(r)), median_rescue_subspace=float(np.median(r.rescue_subspace)) if len(r) else None,
+                 median_rescue_random=float(np.median(r.rescue_random)) if len(r) else None, median_difference=est, ci=[lo, hi]))
 
 # %% ../nbs/07_probes.ipynb #155e5f01
 def probe_direction(probe) -> np.ndarray:

@@ -15,9 +15,9 @@ import torch
 from .core import Config, ConfigError, check
 
 # %% auto #0
-__all__ = ['TEMPLATES', 'ID_FILLERS', 'SUFFIX_FAMILIES', 'OOD_FAMILIES', 'SPECIAL_TOKENS', 'SCHEMA', 'TaskConfig', 'Problem',
-           'all_problems', 'task_vocabulary', 'build_word_tokenizer', 'single_token_id', 'suffix_pools', 'make_pairs',
-           'PairSet', 'training_examples']
+__all__ = ['TEMPLATES', 'ID_FILLERS', 'SUFFIX_FAMILIES', 'CONTROL_FAMILIES', 'NULL_FAMILIES', 'OOD_FAMILIES', 'SPECIAL_TOKENS',
+           'SCHEMA', 'family_kind', 'TaskConfig', 'Problem', 'all_problems', 'task_vocabulary', 'build_word_tokenizer',
+           'single_token_id', 'suffix_pools', 'make_pairs', 'PairSet']
 
 # %% ../nbs/01_tasks.ipynb #9362b85c
 TEMPLATES: dict[str, list[tuple[str, str]]] = {
@@ -31,7 +31,9 @@ ID_FILLERS = ['please', 'now', 'ok', 'then', 'so', 'thanks', 'quickly', 'careful
 SUFFIX_FAMILIES: dict[str, list[str]] = {
     # in-distribution: the filler words the default model is trained with
     'id_control': ID_FILLERS,
-    # English words the model never sees during training
+    # filler words the model also sees as running text: as familiar and as large as the junk tokens, but ID as fillers
+    'norm_matched': ['indeed', 'truly', 'kindly', 'also', 'still', 'soon', 'today', 'maybe', 'perhaps', 'surely', 'really', 'anyway'],
+    # English words the model sees as running text, never inside a problem
     'junk_words': ['banana', 'river', 'purple', 'engine', 'castle', 'violin', 'window', 'garden', 'rocket', 'pillow',
                    'forest', 'candle', 'mirror', 'tiger', 'cloud', 'planet'],
     # punctuation runs
@@ -44,7 +46,15 @@ SUFFIX_FAMILIES: dict[str, list[str]] = {
     'oov_like': ['xq', 'zzv', 'qwpf', 'kjh', 'brrt', 'vvx', 'gkq', 'pfft', 'hmz', 'wxj'],
 }
 
-OOD_FAMILIES = tuple(k for k in SUFFIX_FAMILIES if k != 'id_control')
+CONTROL_FAMILIES = ('id_control', 'norm_matched')
+NULL_FAMILIES = ('oov_like',)
+OOD_FAMILIES = tuple(k for k in SUFFIX_FAMILIES if k not in CONTROL_FAMILIES + NULL_FAMILIES)
+
+def family_kind(family: str  # a key of `SUFFIX_FAMILIES`
+               ) -> str:
+    "'ood', 'control' or 'null'."
+    if family not in SUFFIX_FAMILIES: raise ValueError(f"unknown suffix family {family!r}; choose from {sorted(SUFFIX_FAMILIES)}")
+    return 'control' if family in CONTROL_FAMILIES else 'null' if family in NULL_FAMILIES else 'ood'
 
 # %% ../nbs/01_tasks.ipynb #7268a23c
 @dataclass
@@ -52,12 +62,15 @@ class TaskConfig(Config):
     "Which prompt pairs to make."
     operations: tuple[str, ...] = ('add', 'sub')  # keys of `TEMPLATES`
     operand_max: int = 20  # operands are 0..operand_max
-    families: tuple[str, ...] = ('id_control',) + OOD_FAMILIES  # keys of `SUFFIX_FAMILIES`
+    families: tuple[str, ...] = CONTROL_FAMILIES + OOD_FAMILIES + NULL_FAMILIES  # keys of `SUFFIX_FAMILIES`
     suffix_lengths: tuple[int, ...] = (1, 2, 4, 8)  # suffix lengths in tokens
-    n_per_cell: int = 40  # examples per family x suffix length
+    n_per_cell: int = 200  # examples per family x suffix length: 200 keeps every accuracy interval's half-width <= 0.07
     seed: int = 0
 
     def __post_init__(self):
+        for name in ('operations', 'families', 'suffix_lengths'):
+            check(not isinstance(getattr(self, name), (str, int)), f"TaskConfig.{name} must be a list, got {getattr(self, name)!r}: "
+                  f"write it as a YAML list, e.g. {name}: [{getattr(self, name)}]")
         self.operations, self.families, self.suffix_lengths = tuple(self.operations), tuple(self.families), tuple(self.suffix_lengths)
         for op in self.operations: check(op in TEMPLATES, f"unknown operation {op!r}; choose from {sorted(TEMPLATES)}")
         for f in self.families: check(f in SUFFIX_FAMILIES, f"unknown suffix family {f!r}; choose from {sorted(SUFFIX_FAMILIES)}")
@@ -144,12 +157,20 @@ def suffix_pools(tokenizer, families: Iterable[str]) -> dict[str, list[str]]:
     return pools
 
 # %% ../nbs/01_tasks.ipynb #fac5408f
-SCHEMA = ['example_id', 'op', 'a', 'b', 'template', 'corruption_type', 'suffix_length', 'prompt_plain', 'prompt_clean',
+SCHEMA = ['example_id', 'problem_id', 'op', 'a', 'b', 'template', 'corruption_type', 'family_kind', 'suffix_length', 'prompt_plain', 'prompt_clean',
           'prompt_corrupted', 'answer', 'distractor', 'answer_token', 'distractor_token', 'answer_id', 'distractor_id', 'seq_len']
 
 def _suffix(rng: random.Random, fam: str, pool: list[str], length: int) -> list[str]:
     if fam == 'repeated': return [rng.choice(pool)] * length
     return [rng.choice(pool) for _ in range(length)]
+
+def _answer_id(tokenizer, text: str, what: str) -> int:
+    "`single_token_id`, and never the unknown token: an answer outside the vocabulary is an error, not `[UNK]`."
+    i = single_token_id(tokenizer, text, what)
+    if tokenizer.unk_token_id is not None and i == tokenizer.unk_token_id:
+        raise ValueError(f"{what} {text.strip()!r} is not in the tokenizer's vocabulary (it becomes {tokenizer.unk_token!r}): "
+                         "lower TaskConfig.operand_max, or build the tokenizer for this task config")
+    return i
 
 def make_pairs(cfg: TaskConfig = TaskConfig(), tokenizer=None) -> 'PairSet':
     "Length-matched (ID control, corrupted) prompt pairs for every family x suffix length in `cfg`."
@@ -163,16 +184,19 @@ def make_pairs(cfg: TaskConfig = TaskConfig(), tokenizer=None) -> 'PairSet':
     for fam, length in itertools.product(cfg.families, cfg.suffix_lengths):
         for p in rng.sample(problems, min(cfg.n_per_cell, len(problems))):
             t = p.heldout_template()
-            control = _suffix(rng, 'id_control', id_pool, length)
-            corrupt = _suffix(rng, fam, pools[fam], length)
-            if fam == 'id_control':
-                while corrupt == control and len(id_pool) > 1: corrupt = _suffix(rng, fam, pools[fam], length)
             distractor = p.answer + 1 if (p.answer == 0 or (rng.random() < 0.5 and p.answer < cfg.max_number)) else p.answer - 1
-            row = dict(example_id=len(rows), op=p.op, a=p.a, b=p.b, template=t, corruption_type=fam, suffix_length=length,
+            control = _suffix(rng, 'id_control', id_pool, length)
+            # a number suffix never contains the answer or the distractor (it would hand the model its answer)
+            pool = [w for w in pools[fam] if w not in (str(p.answer), str(distractor))] if fam == 'distractor_numbers' else pools[fam]
+            corrupt = _suffix(rng, fam, pool, length)
+            if fam == 'id_control':
+                while corrupt == control and len(id_pool) > 1: corrupt = _suffix(rng, fam, pool, length)
+            row = dict(example_id=len(rows), problem_id=f'{p.op}:{p.a}:{p.b}', op=p.op, a=p.a, b=p.b, template=t,
+                       corruption_type=fam, family_kind=family_kind(fam), suffix_length=length,
                        prompt_plain=p.render(t), prompt_clean=p.render(t, control), prompt_corrupted=p.render(t, corrupt),
                        answer=p.answer, distractor=distractor, answer_token=f' {p.answer}', distractor_token=f' {distractor}')
-            row['answer_id'] = single_token_id(tokenizer, row['answer_token'])
-            row['distractor_id'] = single_token_id(tokenizer, row['distractor_token'], 'distractor')
+            row['answer_id'] = _answer_id(tokenizer, row['answer_token'], 'answer')
+            row['distractor_id'] = _answer_id(tokenizer, row['distractor_token'], 'distractor')
             n_clean, n_corrupt = ntok(row['prompt_clean']), ntok(row['prompt_corrupted'])
             if n_clean != n_corrupt:
                 raise ValueError(f"example {row['example_id']} ({fam}, L={length}): clean {row['prompt_clean']!r} is {n_clean} tokens "
@@ -224,15 +248,3 @@ class PairSet:
     def answer_ids(self) -> torch.Tensor: return torch.tensor(self.df.answer_id.to_numpy())
     @property
     def distractor_ids(self) -> torch.Tensor: return torch.tensor(self.df.distractor_id.to_numpy())
-
-# %% ../nbs/01_tasks.ipynb #7b796f3b
-def training_examples(cfg: TaskConfig, rng: random.Random, n: int, max_suffix: int = 8) -> list[tuple[str, int]]:
-    "`n` random (prompt, answer) training examples: non-held-out templates, ID suffix of 0..`max_suffix` words."
-    problems = all_problems(cfg)
-    out = []
-    for _ in range(n):
-        p = rng.choice(problems)
-        t = rng.choice([i for i in range(len(TEMPLATES[p.op])) if i != p.heldout_template()])
-        length = rng.randint(0, max_suffix)
-        out.append((p.render(t, [rng.choice(ID_FILLERS) for _ in range(length)]), p.answer))
-    return out

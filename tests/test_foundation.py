@@ -8,10 +8,12 @@ import pytest
 import torch
 
 from actlab.core import ConfigError, state_dict_hash
-from actlab.tasks import TaskConfig, make_pairs, build_word_tokenizer, training_examples, SCHEMA
-from actlab.models import (BuiltinModelConfig, ModelLoadError, load_model, save_model, load_saved_model,
-                           train_builtin_model, data_dir, DEFAULT_MODEL_DIR)
-from actlab.baseline import evaluate_pairs, condition_table, prompt_report, answer_attribution, answer_bias
+from actlab.tasks import TaskConfig, make_pairs, build_word_tokenizer, SCHEMA, TEMPLATES, all_problems
+from actlab.models import (BuiltinModelConfig, ModelLoadError, load_model, save_model, load_saved_model, CorpusBuilder,
+                           build_corpus, builtin_corpus, corpus_folder, heldout_ce, train_builtin_model, data_dir, DEFAULT_MODEL_DIR)
+from actlab.baseline import (evaluate_pairs, condition_table, phenomenon_claims, prompt_report, answer_attribution, answer_bias,
+                             decodability_by_layer, decodability_table, decodable_upstream_claim)
+from actlab.metrics import correct, margin
 
 
 @pytest.fixture(scope='module')
@@ -31,11 +33,28 @@ def test_pairs_schema_and_lengths(pairs):
     assert set(pairs.df.corruption_type) == set(TaskConfig().families)
 
 
-def test_no_train_eval_overlap(pairs):
-    import random
-    train = {p for p, _ in training_examples(TaskConfig(), random.Random(1), 20000)}
-    evals = set(pairs.df.prompt_plain) | set(pairs.df.prompt_clean) | set(pairs.df.prompt_corrupted)
-    assert not train & evals
+def test_no_train_eval_overlap(model):
+    "No statement in the training corpus uses its problem's held-out template, the one every evaluation prompt uses."
+    tok = model.tokenizer
+    builder = CorpusBuilder(BuiltinModelConfig(), tok, seed=0)
+    enc = lambda s: tuple(tok(s, add_special_tokens=False)['input_ids'])
+    train = {(pr_ids, cue) for pr, cue, _ in builder.statements for pr_ids in [tuple(pr)]}
+    for p in all_problems(TaskConfig()):
+        problem, cue = TEMPLATES[p.op][p.heldout_template()]
+        assert (enc(problem.format(a=p.a, b=p.b)), enc(' ' + cue)[0]) not in train
+
+
+def test_labels_agree_with_argmax_by_hand(model, pairs):
+    "survives / correct / margin match a by-hand computation on the raw logits."
+    scores = evaluate_pairs(model, pairs)
+    for g in pairs.groups()[:3]:
+        logits = model(g.tokens('corrupted'))[:, -1].detach()
+        by_hand = (logits.argmax(-1) == g.answer_ids).numpy()
+        row = scores.set_index('example_id').loc[g.df.example_id]
+        assert (row.survives.to_numpy() == by_hand).all() and (row.correct_corrupted.to_numpy() == by_hand).all()
+        ans = logits.gather(1, g.answer_ids[:, None])[:, 0]
+        other = logits.clone(); other[torch.arange(len(other)), g.answer_ids] = -1e9
+        torch.testing.assert_close(torch.tensor(row.margin_corrupted.to_numpy()), ans - other.max(-1).values, atol=1e-4, rtol=1e-4)
 
 
 def test_bad_config_is_refused():
@@ -50,21 +69,55 @@ def test_builtin_model_is_cached_and_identified(model):
     t0 = time.time(); load_model('builtin', device='cpu'); assert time.time() - t0 < 30
 
 
-def test_phenomenon(model):
-    table = condition_table(evaluate_pairs(model, make_pairs(TaskConfig(), model.tokenizer)))
-    acc = table.set_index(['condition', 'suffix_length']).accuracy
-    assert acc[('plain', 0)] >= 0.98
-    assert acc.xs('id_control_prompt').min() >= 0.95
-    ood = table[~table.condition.isin(['plain', 'id_control_prompt', 'id_control'])]
-    assert ood.accuracy.min() < 0.9
+def test_phenomenon_claims_hold_on_the_shipped_model(model):
+    table = condition_table(evaluate_pairs(model, make_pairs(TaskConfig(), model.tokenizer)), n_boot=500)
+    claims = phenomenon_claims(table)
+    assert all(c.holds for c in claims), [c for c in claims if not c.holds]
+    half = (table.accuracy_hi - table.accuracy_lo) / 2
+    assert half.max() <= 0.08
+
+
+def _random_model(model, seed=1):
+    from transformer_lens import HookedTransformer
+    cfg = model.cfg.to_dict(); cfg['seed'] = seed
+    from transformer_lens import HookedTransformerConfig
+    return HookedTransformer(HookedTransformerConfig(**{k: v for k, v in cfg.items() if k in HookedTransformerConfig.__dataclass_fields__
+                                                        and k not in ('n_params', 'device')}), tokenizer=model.tokenizer).eval()
+
+
+def test_claims_fail_on_a_random_weight_model(model):
+    "The checks can fail: the same claims on a random-weight model of the same shape do not hold."
+    rnd = _random_model(model)
+    pairs = make_pairs(TaskConfig(n_per_cell=40), rnd.tokenizer)
+    scores = evaluate_pairs(rnd, pairs)
+    claims = phenomenon_claims(condition_table(scores, n_boot=300))
+    assert not any(c.holds for c in claims if c.name in ('clean_accuracy', 'id_control_accuracy', 'ood_drop_grows_with_length')), claims
+    up = decodable_upstream_claim(decodability_table(decodability_by_layer(rnd, pairs.filter(suffix_length=[1, 2]), n_splits=3), n_boot=200),
+                                  rnd.cfg.n_layers)
+    assert not up.holds, up
 
 
 def test_training_is_deterministic():
-    cfg = BuiltinModelConfig(d_model=16, n_heads=2, d_mlp=32, steps=5, batch_size=8)
-    tok = build_word_tokenizer(cfg.task)
-    a, _ = train_builtin_model(cfg, tok, progress=False, device='cpu')
-    b, _ = train_builtin_model(cfg, tok, progress=False, device='cpu')
+    cfg = BuiltinModelConfig(d_model=16, n_heads=2, d_mlp=32, n_layers=2, n_train_seqs=48, n_test_seqs=8, lr_phases=(1e-3, 5e-4),
+                             epochs_per_phase=1, batch_size=16)
+    tok = build_word_tokenizer(cfg.task_config())
+    corpus = build_corpus(cfg, tok)
+    a, ha = train_builtin_model(cfg, tok, corpus, progress=False, device='cpu')
+    b, hb = train_builtin_model(cfg, tok, corpus, progress=False, device='cpu')
     assert state_dict_hash(a.state_dict()) == state_dict_hash(b.state_dict())
+    assert [h['heldout_ce'] for h in ha] == [h['heldout_ce'] for h in hb]
+    c, _ = train_builtin_model(cfg.replace(seed=1), tok, build_corpus(cfg.replace(seed=1), tok), progress=False, device='cpu')
+    assert state_dict_hash(a.state_dict()) != state_dict_hash(c.state_dict())
+
+
+def test_shipped_corpus_reads_by_path_and_gives_the_recorded_ce(model):
+    import datasets
+    folder = corpus_folder()
+    dd = datasets.load_dataset(str(folder))  # the way SAELens's runners read a dataset path
+    assert set(dd) == {'train', 'test'} and len(dd['train']) == BuiltinModelConfig().n_train_seqs
+    meta = json.loads((data_dir() / DEFAULT_MODEL_DIR / 'config.json').read_text())
+    assert abs(heldout_ce(model, dd['test']) - meta['heldout_ce']) < 1e-4
+    assert builtin_corpus()['test']['tokens'][:3] == dd['test']['tokens'][:3]
 
 
 def test_local_hf_checkpoint_roundtrip(tmp_path):
