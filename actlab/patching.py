@@ -32,9 +32,9 @@ __all__ = ['SITES', 'HEAD_ACTS', 'METHODS', 'PATCH_CLASSES', 'get_act_patch_resi
            'PatchingConfig', 'check_tokens', 'check_hook_name', 'memory_budget', 'rows_per_chunk',
            'generic_activation_patch', 'get_act_patch_attn_head_all_pos_every', 'get_act_patch_attn_head_by_pos_every',
            'get_act_patch_block_every', 'tiny_model', 'logit_diff_from_resid', 'prompt_logit_diff', 'n_site_heads',
-           'site_shape', 'resolve_metric', 'per_example_patch', 'rescue_scores', 'SweepResult', 'sweep', 'site_label',
-           'site_kind', 'classify', 'GroupResult', 'PatchingResult', 'patch_pairs', 'heatmap_layer_pos',
-           'heatmap_layer_pos_by_family', 'heatmap_layer_head', 'heatmap_layer_head_by_family']
+           'site_shape', 'resolve_metric', 'per_example_patch', 'metric_from_resid', 'rescue_scores', 'SweepResult',
+           'sweep', 'site_label', 'site_kind', 'classify', 'GroupResult', 'PatchingResult', 'patch_pairs',
+           'heatmap_layer_pos', 'heatmap_layer_pos_by_family', 'heatmap_layer_head', 'heatmap_layer_head_by_family']
 
 # %% ../nbs/04_patching.ipynb #7cf225ea
 SITES: dict[str, tuple[str, tuple[str, ...]]] = {
@@ -627,6 +627,13 @@ def per_example_patch(
                     vals[j, i] = v.to(vals.dtype)
             for jj, idx_i in enumerate(ids): out[(ex, *indices[idx_i])] = vals[jj]
     return out
+
+def metric_from_resid(model: HookedTransformer, resid: Tensor, example_index: Tensor, answer_ids: Tensor | None,
+                      distractor_ids: Tensor | None, metric: Callable | None = None) -> Tensor:
+    "Per-example metric `[r]` from the final residual stream `[r, pos, d_model]`: the logit difference (metric None) or `metric(logits, example_index)`."
+    if metric is None: return logit_diff_from_resid(model, resid, answer_ids[example_index], distractor_ids[example_index])
+    x = model.ln_final(resid) if model.cfg.normalization_type is not None else resid
+    return _check_per_example(metric(model.unembed(x), example_index), len(example_index))
 
 def _check_per_example(v, n: int) -> Tensor:
     v = torch.as_tensor(v)
