@@ -39,6 +39,8 @@ def main():
     ap.add_argument('--repeats', type=int, default=None, help='runs per side, median reported (default 3; 1 at full size on CPU)')
     ap.add_argument('--memory-mb', type=float, default=1024.0)
     ap.add_argument('--device', default='cpu')
+    ap.add_argument('--corrupt', default='mid', choices=['start', 'mid', 'end'],
+                    help='where the 3 corrupted positions sit (exact patching skips the positions before them: its cost depends on this)')
     a = ap.parse_args()
     from actlab.patching import tiny_model, per_example_patch, prompt_logit_diff
     from actlab.attribution import attribution_patch, agreement
@@ -49,7 +51,7 @@ def main():
     g = torch.Generator().manual_seed(0)
     V = shape['d_vocab']
     clean = torch.randint(0, V, (n, seq), generator=g)
-    corr = clean.clone(); mid = seq // 2 - 1
+    corr = clean.clone(); mid = {'start': 1, 'mid': seq // 2 - 1, 'end': seq - 4}[a.corrupt]
     corr[:, mid:mid + 3] = torch.randint(0, V, (n, 3), generator=g)
     ans, dis = torch.randint(0, V, (n,), generator=g), torch.randint(0, V, (n,), generator=g)
     if a.exact_pairs is None and not a.quick and a.device == 'cpu':
@@ -59,7 +61,7 @@ def main():
     dev = lambda *t: [x.to(a.device) for x in t]
     clean, corr, ans, dis = dev(clean, corr, ans, dis)
     print(f'model: random, {shape["n_layers"]} layers, d_model {shape["d_model"]}, {shape["n_heads"]} heads, d_vocab {V}; '
-          f'{n} pairs of {seq} tokens; site head_by_pos ({shape["n_layers"] * seq * shape["n_heads"]} sites per pair); '
+          f'{n} pairs of {seq} tokens, corrupted at positions {mid}-{mid + 2}; site head_by_pos ({shape["n_layers"] * seq * shape["n_heads"]} sites per pair); '
           f'exact on {k} pairs; device {a.device}; torch threads {torch.get_num_threads()}; '
           f'OMP_NUM_THREADS={os.environ.get("OMP_NUM_THREADS", "unset")}')
     atp = lambda m: attribution_patch(model, clean[:m], corr[:m], ans[:m], dis[:m], site='head_by_pos', memory_mb=a.memory_mb)

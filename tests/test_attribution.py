@@ -148,3 +148,19 @@ def test_patch_pairs_with_atp_methods():
     np.testing.assert_allclose(gr.sweep.patched['head'], attribution_patch(*args, site='head').numpy(), atol=1e-5)
     np.testing.assert_allclose(gr.sweep.patched['resid_pre'], attribution_patch(*args, site='resid_pre', verify_top=2).numpy(), atol=1e-5)
     assert gr.sweep.methods == {'resid_pre': 'atp_verify', 'head': 'atp'}
+
+
+def test_left_padded_prompts_qk_fix():
+    "With left padding the recomputed scores use the same padding mask as the forward (checked against a real patched pattern)."
+    from actlab.tasks import build_word_tokenizer
+    tok = build_word_tokenizer()
+    model = tiny_model(d_vocab=len(tok), positional_embedding_type='rotary', rotary_dim=4)
+    model.set_tokenizer(tok, default_padding_side='left')
+    clean = model.to_tokens(['7 + 5 please now =', '3 + 4 ok ok ok ok ='])
+    corr = model.to_tokens(['7 + 5 ! ; =', '3 + 4 # # # # ='])
+    a, d = torch.tensor([5, 6]), torch.tensor([9, 10])
+    base = prompt_logit_diff(model, corr, a, d)
+    for site, act, head, pos in [('q', 'q', 1, None), ('k_by_pos', 'k', 2, 5)]:
+        est = attribution_patch(model, clean, corr, a, d, site=site)
+        idx = (slice(None), 1, head) if pos is None else (slice(None), 1, pos, head)
+        torch.testing.assert_close(est[idx] - base, pattern_linear(model, clean, corr, a, d, act, 1, head, pos), atol=1e-4, rtol=0)

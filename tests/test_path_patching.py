@@ -103,3 +103,17 @@ def test_heatmap_groups_receivers_by_layer():
     den = (res.clean - res.corrupted)
     keep = den.abs() >= 0.1
     np.testing.assert_allclose(r, (res.effect / den[:, None, None])[keep].mean(0).numpy(), atol=1e-5)
+
+
+def test_left_padded_prompts_match_the_naive_loop():
+    "A tokenizer that pads on the left: forwards started mid-model get the padding mask the full forward builds."
+    from actlab.tasks import build_word_tokenizer
+    tok = build_word_tokenizer()
+    model = tiny_model(d_vocab=len(tok), positional_embedding_type='rotary', rotary_dim=4)
+    model.set_tokenizer(tok, default_padding_side='left')
+    clean = model.to_tokens(['7 + 5 please now =', '3 + 4 ok ok ok ok ='])
+    corr = model.to_tokens(['7 + 5 ! ; =', '3 + 4 # # # # ='])
+    assert (clean == tok.pad_token_id).any()
+    a, d = torch.tensor([5, 6]), torch.tensor([9, 10])
+    res = path_patch(model, clean, corr, a, d)
+    torch.testing.assert_close(res.patched, path_patch_naive(model, clean, corr, a, d), atol=1e-4, rtol=0)
