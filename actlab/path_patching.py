@@ -116,7 +116,9 @@ def path_patch(
     N, seq = corrupted_tokens.shape
     rows = rows_per_chunk(model, seq, memory_mb)
     rows_split = max(1, rows // max(1, c.n_heads // 2))  # split q/k/v inputs hold n_heads copies of the residual stream
-    b = min(N, max(1, rows // 2))
+    elt = torch.finfo(c.dtype).bits // 8
+    held = S * L * seq * c.d_model * elt  # run 1's residual streams for one example (every sender, every later layer)
+    b = min(N, max(1, rows // 2), max(1, int(memory_mb * 2**20 // held)))  # examples per block
     out = torch.zeros(N, S, R, device=dev)
     ld_corr, ld_clean = torch.zeros(N, device=dev), torch.zeros(N, device=dev)
     sf = c.positional_embedding_type == 'shortformer'
