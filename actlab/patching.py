@@ -20,13 +20,21 @@ from transformer_lens import patching as tl_patching
 from .core import Config, check
 
 # %% auto #0
-__all__ = ['SITES', 'PATCH_CLASSES', 'get_act_patch_resid_pre', 'get_act_patch_resid_mid', 'get_act_patch_attn_out',
-           'get_act_patch_mlp_out', 'get_act_patch_attn_head_out_by_pos', 'get_act_patch_attn_head_out_all_pos',
-           'get_act_patch_attn_head_pattern_all_pos', 'PatchingConfig', 'check_tokens', 'check_hook_name',
-           'memory_budget', 'rows_per_chunk', 'generic_activation_patch', 'get_act_patch_block_every', 'tiny_model',
-           'logit_diff_from_resid', 'prompt_logit_diff', 'per_example_patch', 'rescue_scores', 'SweepResult', 'sweep',
-           'site_label', 'site_kind', 'classify', 'GroupResult', 'PatchingResult', 'patch_pairs', 'heatmap_layer_pos',
-           'heatmap_layer_pos_by_family', 'heatmap_layer_head', 'heatmap_layer_head_by_family']
+__all__ = ['SITES', 'HEAD_ACTS', 'METHODS', 'PATCH_CLASSES', 'get_act_patch_resid_pre', 'get_act_patch_resid_mid',
+           'get_act_patch_attn_out', 'get_act_patch_mlp_out', 'get_act_patch_attn_head_out_by_pos',
+           'get_act_patch_attn_head_out_all_pos', 'get_act_patch_attn_head_pattern_all_pos',
+           'get_act_patch_attn_head_q_by_pos', 'get_act_patch_attn_head_k_by_pos', 'get_act_patch_attn_head_v_by_pos',
+           'get_act_patch_attn_head_q_all_pos', 'get_act_patch_attn_head_k_all_pos',
+           'get_act_patch_attn_head_v_all_pos', 'get_act_patch_attn_head_pattern_by_pos',
+           'get_act_patch_attn_head_pattern_dest_src_pos', 'make_df_from_ranges', 'layer_pos_patch_setter',
+           'layer_pos_head_vector_patch_setter', 'layer_head_vector_patch_setter', 'layer_head_pattern_patch_setter',
+           'layer_head_pos_pattern_patch_setter', 'layer_head_dest_src_pos_pattern_patch_setter', 'METRICS',
+           'PatchingConfig', 'check_tokens', 'check_hook_name', 'memory_budget', 'rows_per_chunk',
+           'generic_activation_patch', 'get_act_patch_attn_head_all_pos_every', 'get_act_patch_attn_head_by_pos_every',
+           'get_act_patch_block_every', 'tiny_model', 'logit_diff_from_resid', 'prompt_logit_diff', 'n_site_heads',
+           'site_shape', 'resolve_metric', 'per_example_patch', 'metric_from_resid', 'rescue_scores', 'SweepResult',
+           'sweep', 'site_label', 'site_kind', 'classify', 'GroupResult', 'PatchingResult', 'patch_pairs',
+           'heatmap_layer_pos', 'heatmap_layer_pos_by_family', 'heatmap_layer_head', 'heatmap_layer_head_by_family']
 
 # %% ../nbs/04_patching.ipynb #7cf225ea
 SITES: dict[str, tuple[str, tuple[str, ...]]] = {
@@ -37,7 +45,17 @@ SITES: dict[str, tuple[str, tuple[str, ...]]] = {
     'mlp_out': ('mlp_out', ('layer', 'pos')),
     'head': ('z', ('layer', 'head')),              # one head's output at every position
     'head_by_pos': ('z', ('layer', 'pos', 'head')),  # one head's output at one position
+    'q': ('q', ('layer', 'head')),  # what a head reads: its queries, keys, values or attention pattern, at every position
+    'k': ('k', ('layer', 'head')),  # (k and v: one entry per key-value head under grouped-query attention)
+    'v': ('v', ('layer', 'head')),
+    'pattern': ('pattern', ('layer', 'head')),
+    'q_by_pos': ('q', ('layer', 'pos', 'head')),  # ... at one position (pattern: one destination position's row)
+    'k_by_pos': ('k', ('layer', 'pos', 'head')),
+    'v_by_pos': ('v', ('layer', 'pos', 'head')),
+    'pattern_by_pos': ('pattern', ('layer', 'pos', 'head')),
 }
+HEAD_ACTS = ('z', 'q', 'k', 'v', 'pattern')  # sites on these activations are per-head sites (failure-class kind 'head')
+METHODS = ('exact', 'atp', 'atp_verify')  # how a site is patched: exactly, by attribution patching, or AtP then the top sites exactly
 
 PATCH_CLASSES = ('survives', 'rescued_head', 'rescued_attn', 'rescued_mlp', 'rescued_early_resid', 'rescued_late_resid', 'unrescued')
 
@@ -51,6 +69,8 @@ class PatchingConfig(Config):
     rescue_threshold: float = 0.5  # a site rescues an example when its rescue score is at least this
     early_layers: Optional[int] = None  # residual sites in layers < this are 'early' (None: n_layers // 2, at least 1)
     class_priority: tuple[str, ...] = ('head', 'attn', 'mlp', 'early_resid', 'late_resid')  # most specific first
+    methods: dict[str, str] = field(default_factory=dict)  # site -> one of `METHODS`; sites not listed are patched 'exact'ly
+    verify_top: int = 10  # 'atp_verify': how many sites per example (largest estimated effect) are rerun exactly
 
     def __post_init__(self):
         self.sites, self.class_priority = tuple(self.sites), tuple(self.class_priority)
@@ -63,6 +83,15 @@ class PatchingConfig(Config):
         check(self.early_layers is None or self.early_layers >= 0, f"early_layers must be >= 0 or None, got {self.early_layers}")
         kinds = ('head', 'attn', 'mlp', 'early_resid', 'late_resid')
         check(sorted(self.class_priority) == sorted(kinds), f"class_priority must order exactly {kinds}, got {self.class_priority}")
+        self.methods = dict(self.methods or {})
+        for s, m in self.methods.items():
+            check(s in self.sites, f"methods names site {s!r}, which is not swept; add it to sites or drop it from methods (sites: {list(self.sites)})")
+            check(m in METHODS, f"method {m!r} for site {s!r} is unknown{_did_you_mean(m, METHODS)}; choose from {list(METHODS)}")
+        check(self.verify_top >= 1, f"verify_top must be >= 1, got {self.verify_top}")
+
+    def method(self, site: str) -> str:
+        "How `site` is patched: 'exact' unless `methods` says otherwise."
+        return self.methods.get(site, 'exact')
 
 def _did_you_mean(name: str, options) -> str:
     close = difflib.get_close_matches(name, list(options), n=3, cutoff=0.5)
@@ -125,7 +154,12 @@ def _layer_of(hook_name: str) -> int | None:
     m = re.match(r'blocks\.(\d+)\.', hook_name)
     return int(m.group(1)) if m else None
 
-_MASK_SETTERS = {tl_patching.layer_pos_patch_setter, tl_patching.layer_pos_head_vector_patch_setter,
+def _pattern_pos_head_setter(corrupted_activation, index, clean_activation):
+    "Patch one destination row of one head's attention pattern, `index = [layer, dest_pos, head]` (per-example `pattern_by_pos`)."
+    layer, pos, head = index
+    return tl_patching.layer_head_pos_pattern_patch_setter(corrupted_activation, [layer, head, pos], clean_activation)
+
+_MASK_SETTERS = {_pattern_pos_head_setter, tl_patching.layer_pos_patch_setter, tl_patching.layer_pos_head_vector_patch_setter,
                  tl_patching.layer_head_vector_patch_setter, tl_patching.layer_head_pattern_patch_setter,
                  tl_patching.layer_head_pos_pattern_patch_setter, tl_patching.layer_head_dest_src_pos_pattern_patch_setter}
 
@@ -289,13 +323,30 @@ def _check_cache(model, clean_cache, corrupted_tokens, act_name: str, layers) ->
             raise ValueError(f"clean_cache has no {name!r}; run `model.run_with_cache(clean_tokens)` without a names_filter "
                              f"that drops it")
         act = clean_cache[name]
-        if act.shape[0] != corrupted_tokens.shape[0]:
+        if act.shape[0] not in (1, corrupted_tokens.shape[0]):
             raise ValueError(f"batch sizes differ: clean_cache holds {act.shape[0]} prompts, corrupted_tokens {corrupted_tokens.shape[0]}; "
-                             "cache the clean prompts that pair one-to-one with the corrupted ones")
+                             "cache the clean prompts that pair one-to-one with the corrupted ones (or one clean prompt for all)")
         pos_axis = 2 if act_name in ('pattern', 'attn_scores') else 1
-        if act.shape[pos_axis] != corrupted_tokens.shape[1]:
+        if act.shape[pos_axis] < corrupted_tokens.shape[1]:
             raise ValueError(f"clean prompts have length {act.shape[pos_axis]} but corrupted_tokens have length "
                              f"{corrupted_tokens.shape[1]}; patching needs equal token lengths: split pairs with PairSet.groups()")
+
+_POS_INDEXED = {tl_patching.layer_pos_patch_setter, tl_patching.layer_pos_head_vector_patch_setter,
+                tl_patching.layer_head_dest_src_pos_pattern_patch_setter}
+
+def _align_clean(clean_act: Tensor, b: int, seq: int, setter: Callable, act_name: str) -> Tensor:
+    """TransformerLens's conventions for the clean activation: a 1-prompt cache is broadcast over the batch; a longer clean
+    prompt (e.g. BOS on the clean side only) gives its first `seq` positions to setters that index one position, and fails
+    for setters that copy a whole position axis (TransformerLens fails there with a shape error)."""
+    pos_axes = (2, 3) if act_name in ('pattern', 'attn_scores') else (1,)
+    if clean_act.shape[pos_axes[0]] != seq and setter in _MASK_SETTERS:
+        if setter not in _POS_INDEXED:
+            raise ValueError(f"the clean prompts have {clean_act.shape[pos_axes[0]]} tokens and the corrupted ones {seq}: "
+                             f"{setter.__name__} copies every position, so the lengths must match (TransformerLens fails "
+                             "here too); drop the extra token (e.g. BOS) from one side or patch by position")
+        for ax in pos_axes: clean_act = clean_act.narrow(ax, 0, seq)
+    if clean_act.shape[0] == 1 and b > 1 and setter in _MASK_SETTERS: clean_act = clean_act.expand(b, *clean_act.shape[1:])
+    return clean_act
 
 @torch.no_grad()
 def generic_activation_patch(
@@ -310,6 +361,7 @@ def generic_activation_patch(
     return_index_df: bool = False,  # also return the index DataFrame
 ):
     "Batched `transformer_lens.patching.generic_activation_patch`: same arguments, same result."
+    if isinstance(corrupted_tokens, Tensor) and corrupted_tokens.ndim == 1: corrupted_tokens = corrupted_tokens[None]  # as TL's forward
     check_tokens(None, corrupted_tokens)
     if index_df is None:
         assert index_axis_names is not None, "pass index_axis_names or index_df"
@@ -337,6 +389,7 @@ def generic_activation_patch(
     for layer, rows in by_layer.items():
         name = tl_utils.get_act_name(activation_name, layer=layer)
         clean_act = clean_cache[name].to(run.resid[0].device if run.resid else clean_cache[name].device)
+        clean_act = _align_clean(clean_act, b, corrupted_tokens.shape[1], patch_setter, activation_name)
         for s in range(0, len(rows), k_max):
             chunk = rows[s:s + k_max]
             indices = [idx_all[c] for c in chunk]
@@ -376,6 +429,54 @@ get_act_patch_attn_head_pattern_all_pos = partial(generic_activation_patch, patc
                                                   activation_name='pattern', index_axis_names=('layer', 'head_index'))
 get_act_patch_attn_head_pattern_all_pos.__doc__ = "Patch each head's attention pattern at every position: `[n_layers, n_heads]`."
 
+def _drop_in(setter, act: str, axes: tuple[str, ...], doc: str):
+    f = partial(generic_activation_patch, patch_setter=setter, activation_name=act, index_axis_names=axes)
+    f.__doc__ = doc
+    return f
+
+_by_pos, _all_pos = tl_patching.layer_pos_head_vector_patch_setter, tl_patching.layer_head_vector_patch_setter
+get_act_patch_attn_head_q_by_pos = _drop_in(_by_pos, 'q', ('layer', 'pos', 'head'), "Patch each head's queries at one position: `[n_layers, pos, n_heads]`.")
+get_act_patch_attn_head_k_by_pos = _drop_in(_by_pos, 'k', ('layer', 'pos', 'head'), "Patch each head's keys at one position: `[n_layers, pos, n_heads]` (`n_key_value_heads` under GQA).")
+get_act_patch_attn_head_v_by_pos = _drop_in(_by_pos, 'v', ('layer', 'pos', 'head'), "Patch each head's values at one position: `[n_layers, pos, n_heads]` (`n_key_value_heads` under GQA).")
+get_act_patch_attn_head_q_all_pos = _drop_in(_all_pos, 'q', ('layer', 'head'), "Patch each head's queries at every position: `[n_layers, n_heads]`.")
+get_act_patch_attn_head_k_all_pos = _drop_in(_all_pos, 'k', ('layer', 'head'), "Patch each head's keys at every position: `[n_layers, n_heads]` (`n_key_value_heads` under GQA).")
+get_act_patch_attn_head_v_all_pos = _drop_in(_all_pos, 'v', ('layer', 'head'), "Patch each head's values at every position: `[n_layers, n_heads]` (`n_key_value_heads` under GQA).")
+get_act_patch_attn_head_pattern_by_pos = _drop_in(tl_patching.layer_head_pos_pattern_patch_setter, 'pattern', ('layer', 'head_index', 'dest_pos'),
+                                                  "Patch each head's attention pattern row at one destination position: `[n_layers, n_heads, dest_pos]`.")
+get_act_patch_attn_head_pattern_dest_src_pos = _drop_in(tl_patching.layer_head_dest_src_pos_pattern_patch_setter, 'pattern',
+                                                        ('layer', 'head_index', 'dest_pos', 'src_pos'),
+                                                        "Patch each entry of each head's attention pattern: `[n_layers, n_heads, dest_pos, src_pos]`.")
+
+# the patch setters and the index helper, as TransformerLens defines them (so `from actlab.patching import *` replaces it)
+make_df_from_ranges = tl_patching.make_df_from_ranges
+layer_pos_patch_setter = tl_patching.layer_pos_patch_setter
+layer_pos_head_vector_patch_setter = tl_patching.layer_pos_head_vector_patch_setter
+layer_head_vector_patch_setter = tl_patching.layer_head_vector_patch_setter
+layer_head_pattern_patch_setter = tl_patching.layer_head_pattern_patch_setter
+layer_head_pos_pattern_patch_setter = tl_patching.layer_head_pos_pattern_patch_setter
+layer_head_dest_src_pos_pattern_patch_setter = tl_patching.layer_head_dest_src_pos_pattern_patch_setter
+
+def _pad_heads(r: Tensor, n: int) -> Tensor:
+    return torch.nn.functional.pad(r, (0, n - r.size(-1)))  # k/v under GQA have fewer heads: zero-padded as TransformerLens does
+
+def get_act_patch_attn_head_all_pos_every(model, corrupted_tokens, clean_cache, metric) -> Tensor:
+    "Every head patched at every position, for output, query, key, value and pattern: `[5, n_layers, n_heads]`."
+    out = get_act_patch_attn_head_out_all_pos(model, corrupted_tokens, clean_cache, metric)
+    res = [out, get_act_patch_attn_head_q_all_pos(model, corrupted_tokens, clean_cache, metric)]
+    for f in (get_act_patch_attn_head_k_all_pos, get_act_patch_attn_head_v_all_pos):
+        res.append(_pad_heads(f(model, corrupted_tokens, clean_cache, metric), out.size(-1)))
+    res.append(get_act_patch_attn_head_pattern_all_pos(model, corrupted_tokens, clean_cache, metric))
+    return torch.stack(res, dim=0)
+
+def get_act_patch_attn_head_by_pos_every(model, corrupted_tokens, clean_cache, metric) -> Tensor:
+    "Every head patched at each position, for output, query, key, value and pattern: `[5, n_layers, pos, n_heads]`."
+    out = get_act_patch_attn_head_out_by_pos(model, corrupted_tokens, clean_cache, metric)
+    res = [out, get_act_patch_attn_head_q_by_pos(model, corrupted_tokens, clean_cache, metric)]
+    for f in (get_act_patch_attn_head_k_by_pos, get_act_patch_attn_head_v_by_pos):
+        res.append(_pad_heads(f(model, corrupted_tokens, clean_cache, metric), out.size(-1)))
+    res.append(get_act_patch_attn_head_pattern_by_pos(model, corrupted_tokens, clean_cache, metric).transpose(-1, -2))
+    return torch.stack(res, dim=0)
+
 def get_act_patch_block_every(model, corrupted_tokens, clean_cache, metric) -> Tensor:
     "resid_pre, attn_out and mlp_out patching stacked: `[3, n_layers, pos]` (batched `get_act_patch_block_every`)."
     return torch.stack([f(model, corrupted_tokens, clean_cache, metric)
@@ -410,13 +511,45 @@ def prompt_logit_diff(model: HookedTransformer, tokens: Tensor, answer_ids: Tens
         resid = model(tokens, stop_at_layer=model.cfg.n_layers)
     return logit_diff_from_resid(model, resid, answer_ids.to(resid.device), distractor_ids.to(resid.device))
 
+def n_site_heads(model: HookedTransformer, act: str) -> int:
+    "Heads of activation `act`: `n_key_value_heads` for k and v under grouped-query attention, else `n_heads`."
+    c = model.cfg
+    grouped = c.n_key_value_heads is not None and not c.ungroup_grouped_query_attention
+    return c.n_key_value_heads if act in ('k', 'v') and grouped else c.n_heads
+
+def site_shape(model: HookedTransformer, site: str, seq: int) -> tuple[int, ...]:
+    "Index shape of a site for prompts of `seq` tokens (after the example axis), e.g. `(n_layers, seq)` for 'resid_pre'."
+    act, axes = SITES[site]
+    ranges = dict(layer=model.cfg.n_layers, pos=seq, head=n_site_heads(model, act))
+    return tuple(ranges[a] for a in axes)
+
 def _site_indices(model, site: str, seq: int) -> tuple[str, tuple[str, ...], list[tuple[int, ...]], Callable, tuple[int, ...]]:
     act, axes = SITES[site]
-    ranges = dict(layer=model.cfg.n_layers, pos=seq, head=model.cfg.n_heads)
-    shape = tuple(ranges[a] for a in axes)
-    setter = {('layer', 'pos'): tl_patching.layer_pos_patch_setter, ('layer', 'head'): tl_patching.layer_head_vector_patch_setter,
-              ('layer', 'pos', 'head'): tl_patching.layer_pos_head_vector_patch_setter}[axes]
+    shape = site_shape(model, site, seq)
+    if act == 'pattern':
+        setter = {('layer', 'head'): tl_patching.layer_head_pattern_patch_setter, ('layer', 'pos', 'head'): _pattern_pos_head_setter}[axes]
+    else:
+        setter = {('layer', 'pos'): tl_patching.layer_pos_patch_setter, ('layer', 'head'): tl_patching.layer_head_vector_patch_setter,
+                  ('layer', 'pos', 'head'): tl_patching.layer_pos_head_vector_patch_setter}[axes]
     return act, axes, list(itertools.product(*[range(n) for n in shape])), setter, shape
+
+def _margin(logits_last: Tensor, answer_ids: Tensor) -> Tensor:
+    "`logit(answer) - max over the other tokens` from last-position logits `[r, d_vocab]`."
+    ans = logits_last.gather(1, answer_ids[:, None])[:, 0]
+    others = logits_last.scatter(1, answer_ids[:, None], float('-inf'))
+    return ans - others.max(1).values
+
+METRICS = ('logit_diff', 'margin')  # named per-example metrics; a callable `(logits [r, pos, d_vocab], example_index [r]) -> [r]` also works
+
+def resolve_metric(metric, answer_ids: Tensor | None, distractor_ids: Tensor | None) -> Callable | None:
+    "A metric name or callable -> a per-example callable, or None for the built-in fast logit difference."
+    if metric is None or metric == 'logit_diff': return None
+    if callable(metric): return metric
+    if metric == 'margin':
+        if answer_ids is None: raise ValueError("metric 'margin' needs answer_ids (one answer token per prompt)")
+        return lambda logits, idx: _margin(logits[:, -1], answer_ids.to(logits.device)[idx])
+    raise ValueError(f"unknown metric {metric!r}{_did_you_mean(str(metric), METRICS)}; choose from {list(METRICS)} or pass "
+                     "a callable (logits [r, pos, d_vocab], example_index [r]) -> [r]")
 
 def _check_site(model, site: str):
     if site not in SITES:
@@ -435,16 +568,22 @@ def per_example_patch(
     distractor_ids: Tensor | None = None,  # Int[Tensor, "N"]
     site: str = 'resid_pre',  # a key of `SITES`
     memory_mb: float = 256.0,  # budget per forward (see `rows_per_chunk`)
-    metric: Callable | None = None,  # optional (logits [r, pos, d_vocab], example_index [r]) -> [r], instead of the logit difference
+    metric: Callable | str | None = None,  # None/'logit_diff', 'margin', or (logits [r, pos, d_vocab], example_index [r]) -> [r]
+    where: Tensor | None = None,  # optional bool `[N, *site shape]`: patch only these entries; the others keep the corrupted metric
 ) -> Tensor:
     "Patched metric per prompt and site: `[N, layer, pos]`, `[N, layer, head]` or `[N, layer, pos, head]`."
     check_tokens(clean_tokens, corrupted_tokens)
-    if metric is None: check_tokens(None, corrupted_tokens, ('answer_ids', answer_ids), ('distractor_ids', distractor_ids))
+    if metric is None or isinstance(metric, str):
+        check_tokens(None, corrupted_tokens, ('answer_ids', answer_ids), *([] if metric == 'margin' else [('distractor_ids', distractor_ids)]))
+    metric = resolve_metric(metric, answer_ids, distractor_ids)
     _check_site(model, site)
     dev = model.cfg.device
     clean_tokens, corrupted_tokens = clean_tokens.to(dev), corrupted_tokens.to(dev)
     N, seq = corrupted_tokens.shape
     act, axes, indices, setter, shape = _site_indices(model, site, seq)
+    if where is not None and tuple(where.shape) != (N, *shape):
+        raise ValueError(f"where must be a bool tensor of shape {(N, *shape)} (examples x site), got {tuple(where.shape)}")
+    pax = 1 if act == 'pattern' else 0  # the position axis of a patch mask (the destination position for patterns)
     rows = rows_per_chunk(model, seq, memory_mb)
     b = min(N, max(1, rows // 2))  # prompts per block: clean + corrupted run together (2b rows), caches held for the block
     out = torch.zeros((N, *shape), device=dev)
@@ -470,23 +609,31 @@ def per_example_patch(
             # a patch that copies values equal to the corrupted ones changes nothing: its result is the corrupted run's
             differs = _reduce_to_mask(clean_act != corr_act, masks.shape[1:])  # [b, *mask_shape]
             needed = (masks[:, None] & differs[None]).flatten(2).any(-1)  # [K, b]
+            if where is not None: needed &= where[ex].to(dev).reshape(len(ex_idx), -1)[:, ids].T
             vals = base[None].repeat(len(ids), 1)  # [K, b]
             pj, pi = needed.nonzero(as_tuple=True)
             if prefix_ok:  # first position each patch changes; earlier positions are the corrupted run's
-                changed = (masks[pj] & differs[pi]).flatten(2).any(-1)  # [n, seq]
+                changed = (masks[pj] & differs[pi]).movedim(1 + pax, 1).flatten(2).any(-1)  # [n, seq]
                 start = changed.int().argmax(1)
             else:
                 start = torch.zeros_like(pj)
             for p, sel in _start_buckets(start, seq, _forward_cost(model), rows):
                 for r0 in range(0, len(sel), rows):
                     j, i = pj[sel[r0:r0 + rows]], pi[sel[r0:r0 + rows]]
-                    hook = _mask_hook(clean_act[:, p:], i, masks[j][:, p:])
+                    hook = _mask_hook(clean_act.narrow(1 + pax, p, seq - p), i, masks[j].narrow(1 + pax, p, seq - p))
                     res = run.forward(names[layer], hook, i, to_resid=metric is None, start_pos=p)
                     if metric is None: v = logit_diff_from_resid(model, res, a[i], d[i])
                     else: v = _check_per_example(metric(res, ex_idx[i]), len(i))
                     vals[j, i] = v.to(vals.dtype)
             for jj, idx_i in enumerate(ids): out[(ex, *indices[idx_i])] = vals[jj]
     return out
+
+def metric_from_resid(model: HookedTransformer, resid: Tensor, example_index: Tensor, answer_ids: Tensor | None,
+                      distractor_ids: Tensor | None, metric: Callable | None = None) -> Tensor:
+    "Per-example metric `[r]` from the final residual stream `[r, pos, d_model]`: the logit difference (metric None) or `metric(logits, example_index)`."
+    if metric is None: return logit_diff_from_resid(model, resid, answer_ids[example_index], distractor_ids[example_index])
+    x = model.ln_final(resid) if model.cfg.normalization_type is not None else resid
+    return _check_per_example(metric(model.unembed(x), example_index), len(example_index))
 
 def _check_per_example(v, n: int) -> Tensor:
     v = torch.as_tensor(v)
@@ -521,11 +668,12 @@ class SweepResult:
     patched: dict[str, np.ndarray]  # site -> [N, layer, pos] / [N, layer, head] / [N, layer, pos, head]
     rescue: dict[str, np.ndarray]  # site -> same shape, NaN where degenerate
     degenerate: np.ndarray  # [N] bool
+    methods: dict[str, str] = field(default_factory=dict)  # site -> how it was patched ('exact', 'atp' or 'atp_verify')
 
 @torch.no_grad()
 def sweep(model: HookedTransformer, clean_tokens: Tensor, corrupted_tokens: Tensor, answer_ids: Tensor, distractor_ids: Tensor,
           cfg: PatchingConfig = PatchingConfig()) -> SweepResult:
-    "Patch every site in `cfg.sites` for every prompt; patched logit differences and rescue scores."
+    "Patch every site in `cfg.sites` for every prompt (exactly, or by attribution patching per `cfg.methods`); logit differences and rescue scores."
     check_tokens(clean_tokens, corrupted_tokens, ('answer_ids', answer_ids), ('distractor_ids', distractor_ids))
     for s in cfg.sites: _check_site(model, s)
     dev = model.cfg.device
@@ -535,9 +683,15 @@ def sweep(model: HookedTransformer, clean_tokens: Tensor, corrupted_tokens: Tens
     ldx = torch.cat([prompt_logit_diff(model, corrupted_tokens[s:s + rows].to(dev), a[s:s + rows], d[s:s + rows]) for s in range(0, len(a), rows)])
     patched, rescue = {}, {}
     for s in cfg.sites:
-        patched[s] = per_example_patch(model, clean_tokens, corrupted_tokens, a, d, site=s, memory_mb=cfg.memory_mb).cpu().numpy()
+        if cfg.method(s) == 'exact':
+            p = per_example_patch(model, clean_tokens, corrupted_tokens, a, d, site=s, memory_mb=cfg.memory_mb)
+        else:
+            from .attribution import attribution_patch  # built on this module, so imported when first needed
+            p = attribution_patch(model, clean_tokens, corrupted_tokens, a, d, site=s, memory_mb=cfg.memory_mb,
+                                  verify_top=cfg.verify_top if cfg.method(s) == 'atp_verify' else 0)
+        patched[s] = p.cpu().numpy()
         rescue[s], degenerate = rescue_scores(patched[s], ldc, ldx, cfg.degenerate_eps)
-    return SweepResult(ldc.cpu().numpy(), ldx.cpu().numpy(), patched, rescue, degenerate)
+    return SweepResult(ldc.cpu().numpy(), ldx.cpu().numpy(), patched, rescue, degenerate, {s: cfg.method(s) for s in cfg.sites})
 
 def site_label(model: HookedTransformer, site: str, index: Sequence[int]) -> str:
     "TransformerLens hook name plus index of one patch, e.g. `blocks.1.hook_resid_pre@pos5`."
@@ -547,7 +701,7 @@ def site_label(model: HookedTransformer, site: str, index: Sequence[int]) -> str
 
 def site_kind(site: str, layer: int, early_layers: int) -> str:
     "Failure-class kind of a site: 'head', 'attn', 'mlp', 'early_resid' or 'late_resid'."
-    if site.startswith('head'): return 'head'
+    if site.startswith('head') or SITES.get(site, ('',))[0] in HEAD_ACTS: return 'head'
     if site == 'attn_out': return 'attn'
     if site == 'mlp_out': return 'mlp'
     return 'early_resid' if layer < early_layers else 'late_resid'

@@ -27,10 +27,33 @@ def _row(bench, metric, ratio, baseline, target, ok):
 
 
 def parse_patching(out: str) -> list[dict]:
+    rb = _num(r'speedup vs batched loop:\s*([\d.]+)x wall', out); re_ = _num(r'speedup vs per-example loop:\s*([\d.]+)x wall', out)
+    db = _num(r'speedup vs batched loop:.*?max abs diff:\s*([\d.eE+-]+)', out)
+    de = _num(r'speedup vs per-example loop:.*?max abs diff:\s*([\d.eE+-]+)', out)
+    diff = max([v for v in (db, de) if v is not None], default=None)
+    return [_row('patching_bench', 'speedup, per-example exact sweep (wall)', rb,
+                 'batched hook loop: one TL forward per site over the batch, per-example vector out', '>= 10x', None if rb is None else rb >= 10),
+            _row('patching_bench', 'speedup, per-example exact sweep (wall)', re_,
+                 'TransformerLens get_act_patch_* looped over examples', '>= 50x', None if re_ is None else re_ >= 50),
+            _row('patching_bench', 'max abs difference vs both baselines', diff, 'same', '<= 1e-4', None if diff is None else diff <= 1e-4)]
+
+
+def parse_atp(out: str) -> list[dict]:
+    r = _num(r'speedup AtP vs exact:\s*([\d.]+)x per pair', out)
+    sp = _num(r'spearman ([\d.-]+) \(shuffled control max ([\d.-]+)\)', out)
+    ctl = _num(r'shuffled control max ([\d.-]+)\)', out)
+    full = 'd_model 768' in out
+    return [_row('atp_bench', f'speedup AtP vs exact per-example, heads x positions ({"GPT-2-small shape" if full else "--quick model"})', r,
+                 'actlab exact per_example_patch, same pairs', '>= 100x (full size)', None if r is None or not full else r >= 100),
+            _row('atp_bench', 'Spearman AtP vs exact (effects)', sp, f'shuffled estimate: {ctl}', '> shuffled control',
+                 None if sp is None or ctl is None else sp > ctl)]
+
+
+def parse_path(out: str) -> list[dict]:
     r = _num(r'speedup:\s*([\d.]+)x wall', out); diff = _num(r'max abs diff:\s*([\d.eE+-]+)', out)
-    return [_row('patching_bench', 'speedup, per-example resid_pre sweep (wall)', r,
-                 'TransformerLens get_act_patch_resid_pre looped over examples', '>= 50x', None if r is None else r >= 50),
-            _row('patching_bench', 'max abs difference vs TransformerLens', diff, 'same', '<= 1e-4', None if diff is None else diff <= 1e-4)]
+    return [_row('path_bench', 'speedup, per-example path patching (wall)', r, 'naive loop: 2 full forwards per example, sender, receiver',
+                 'none set', None),
+            _row('path_bench', 'max abs difference vs the naive loop', diff, 'same', '<= 1e-4', None if diff is None else diff <= 1e-4)]
 
 
 def parse_extract(out: str) -> list[dict]:
@@ -61,7 +84,7 @@ def parse_saes(out: str) -> list[dict]:
 
 
 PARSERS = {'patching_bench.py': parse_patching, 'extract_bench.py': parse_extract, 'probes_bench.py': parse_probes,
-           'saes_bench.py': parse_saes}
+           'saes_bench.py': parse_saes, 'atp_bench.py': parse_atp, 'path_bench.py': parse_path}
 
 
 def run_one(path: Path, full: bool, log_dir: Path, timeout: int) -> tuple[list[dict], float]:

@@ -117,7 +117,7 @@ def test_bad_input_errors_name_the_fix():
     with pytest.raises(ValueError, match='batch sizes differ'):
         P.get_act_patch_resid_pre(model, corrupted[:2], cache, ld_metric(a[:2], d[:2]))
     with pytest.raises(ValueError, match='equal token lengths'):
-        P.get_act_patch_resid_pre(model, corrupted[:, :5], cache, ld_metric(a, d))
+        P.get_act_patch_resid_pre(model, torch.cat([corrupted, corrupted[:, :2]], 1), cache, ld_metric(a, d))  # corrupted longer
     with pytest.raises(ValueError, match=r"closest hook names: \['blocks.0.hook_resid_pre'"):
         P.generic_activation_patch(model, corrupted, cache, ld_metric(a, d), TLP.layer_pos_patch_setter, 'resid_pree',
                                    index_axis_names=('layer', 'pos'))
