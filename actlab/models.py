@@ -30,7 +30,7 @@ class BuiltinModelConfig(Config):
     "Architecture, corpus and training recipe of the built-in model."
     operations: tuple[str, ...] = ('add', 'sub')  # the task's operations (see `TaskConfig`)
     operand_max: int = 20  # the task's operand range
-    n_layers: int = 4
+    n_layers: int = 6
     d_model: int = 64
     n_heads: int = 4
     d_mlp: int = 256
@@ -76,7 +76,8 @@ class BuiltinModelConfig(Config):
 
 RECIPES: dict[str, BuiltinModelConfig] = {
     'default': BuiltinModelConfig(),
-    'two_layer': BuiltinModelConfig(n_layers=2),  # the earlier, shallower recipe: no room upstream of the last layer
+    'four_layer': BuiltinModelConfig(n_layers=4),  # computes the answer in its last block: decodable at 0.77 upstream of it
+    'two_layer': BuiltinModelConfig(n_layers=2),  # the earlier, shallower depth: no room upstream of the last layer
 }
 
 # %% ../nbs/02_models.ipynb #36acfac2
