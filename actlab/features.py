@@ -199,8 +199,9 @@ def plot_head_changes(table: pd.DataFrame, by: Sequence[str] = ('corruption_type
     return fig.update_layout(title='head output change at the answer position (ID control → corrupted)', height=120 + 18 * len(z), width=500)
 
 def top_heads(table: pd.DataFrame, k: int = 3) -> list[tuple[int, int]]:
-    "The `k` heads with the largest mean relative change over the OOD cells (not the ID control)."
-    t = table[table.get('corruption_type', pd.Series('', index=table.index)) != 'id_control']
+    "The `k` heads with the largest mean relative change over the OOD cells (OOD families only: no control, no null)."
+    from actlab.tasks import family_kind
+    t = table[[family_kind(f) == 'ood' for f in table.corruption_type]] if 'corruption_type' in table else table
     m = t.groupby(['layer', 'head']).rel_change.mean().sort_values(ascending=False)
     return [tuple(int(v) for v in i) for i in m.index[:k]]
 
