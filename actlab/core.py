@@ -4,7 +4,7 @@
 
 # %% ../nbs/00_core.ipynb #a669d11f
 from __future__ import annotations
-import dataclasses, hashlib, json, random, os, re, sys, platform, datetime, typing, tempfile
+import contextlib, dataclasses, hashlib, json, random, os, re, sys, platform, datetime, typing, tempfile
 from dataclasses import dataclass, fields, is_dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -14,8 +14,9 @@ import torch
 import yaml
 
 # %% auto #0
-__all__ = ['T', 'ConfigError', 'check', 'Config', 'seed_everything', 'state_dict_hash', 'atomic_write', 'atomic_write_json',
-           'file_sha256', 'ensure_file', 'package_versions', 'write_manifest', 'default_device', 'check_device']
+__all__ = ['T', 'ConfigError', 'check', 'Config', 'seed_everything', 'state_dict_hash', 'atomic_write', 'atomic_path',
+           'atomic_write_json', 'file_sha256', 'ensure_file', 'package_versions', 'write_manifest', 'default_device',
+           'check_device']
 
 # %% ../nbs/00_core.ipynb #ef42be26
 T = TypeVar('T', bound='Config')
@@ -109,7 +110,7 @@ class Config:
 
     def to_yaml(self, path: str | Path | None = None) -> str:
         text = yaml.safe_dump(self.to_dict(), sort_keys=False)
-        if path is not None: Path(path).write_text(text)
+        if path is not None: atomic_write(path, text)
         return text
 
     @classmethod
@@ -170,6 +171,17 @@ def atomic_write(path: str | Path, data: str | bytes) -> Path:
     except BaseException:
         Path(tmp).unlink(missing_ok=True); raise
     return path
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path):
+    "A temporary path beside `path` to write to (e.g. `df.to_parquet(tmp)`); renamed onto `path` on success, removed on failure."
+    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f'.{path.name}.{os.getpid()}.tmp')
+    try:
+        yield tmp
+        with open(tmp, 'rb') as f: os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally: tmp.unlink(missing_ok=True)
 
 def atomic_write_json(path: str | Path, data, **kw) -> Path:
     "`atomic_write` of `data` as indented JSON."
