@@ -411,7 +411,7 @@ class LocalSAETrainer(SAETrainer):
         torch.set_rng_state(ck['rng'])
         mpath = self.run_dir / 'metrics.jsonl'
         lines = mpath.read_text().splitlines()[:st['n_history']] if mpath.exists() else []
-        mpath.write_text(''.join(l + '\n' for l in lines))
+        atomic_write(mpath, ''.join(l + '\n' for l in lines))
         self.history = [json.loads(l) for l in lines]
 
     # --- metrics
@@ -565,8 +565,11 @@ def train_sae(cfg: SAETrainConfig,
     if not finished: return TrainResult(trainer.sae, hist, run_dir, False, trainer)
     trainer.finish()
     out = run_dir / 'sae' if run_dir is not None else Path(tempfile.mkdtemp()) / 'sae'
+    tmp_out = out.with_name(f'.{out.name}.tmp')  # written beside, then renamed: never half an SAE folder
+    shutil.rmtree(tmp_out, ignore_errors=True)
+    trainer.sae.save_inference_model(tmp_out)
     if out.exists(): shutil.rmtree(out)
-    trainer.sae.save_inference_model(out)
+    os.replace(tmp_out, out)
     sae_inf = SAE.load_from_disk(out, device=cfg.device)
     if run_dir is None: shutil.rmtree(out.parent, ignore_errors=True)
     else: atomic_write_json(run_dir / 'done.json', dict(steps=trainer.n_training_steps, samples=trainer.n_training_samples))

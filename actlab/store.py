@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 import torch
 from jaxtyping import Float
 from torch import Tensor
-from .core import package_versions, file_sha256
+from .core import package_versions, file_sha256, atomic_write_json
 
 # %% auto #0
 __all__ = ['STORE_FORMAT', 'LABEL_COLUMNS', 'FAILURE_CLASSES', 'Where', 'StoreError', 'StoreConfigError', 'StoreWriteError',
@@ -98,8 +98,7 @@ def _manifest_update(folder: Path, **entries) -> Path:
 
 def _json_replace(path: Path, data: dict):
     "Write JSON to `path` atomically (temporary file, then `os.replace`)."
-    tmp = path.with_name(f'.{path.name}.tmp')
-    tmp.write_text(json.dumps(data, indent=2, default=str)); os.replace(tmp, path)
+    atomic_write_json(path, data)  # temporary file, fsync, os.replace
 
 def _read_manifest(path: Path) -> dict:
     "The store manifest at `path` (manifest.json), or a `StoreDamagedError` saying it is empty or corrupt and how to repair it."

@@ -336,7 +336,10 @@ def run_study(cfg: StudyConfig = StudyConfig(), out: str | Path = 'results', pro
     rep.h(f'D. SAE on {sae_site}')
     if cfg.sae.pretrained_release:
         sae = load_sae(cfg.sae.pretrained_release, device=str(model.cfg.device), sae_id=cfg.sae.pretrained_id)
-        sae.save_model(run_dir / 'sae')
+        import shutil
+        shutil.rmtree(run_dir / '.sae.tmp', ignore_errors=True); sae.save_model(run_dir / '.sae.tmp')
+        if (run_dir / 'sae').exists(): shutil.rmtree(run_dir / 'sae')
+        os.replace(run_dir / '.sae.tmp', run_dir / 'sae')
         rep.p(f"pretrained SAE {cfg.sae.pretrained_release}/{cfg.sae.pretrained_id} (d_sae={sae.cfg.d_sae})")
     else:
         prov = StoreProvider(store, sae_site, batch_size=cfg.sae.batch_size, seed=cfg.sae.seed)
