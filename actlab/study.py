@@ -118,6 +118,9 @@ class StudyConfig(Config):
     def __post_init__(self):
         check(self.name.replace('-', '').replace('_', '').isalnum(), f"study name must be letters, digits, '-' or '_', got {self.name!r}")
         self.phases = tuple(self.phases)
+        check(len(self.phases) > 0, f"phases is empty; list some of {list(PHASES)} (they run in that order)")
+        check(len(self.task.families) > 0, "task.families is empty: no prompt pairs to make; list at least one suffix family (see `actlab config`)")
+        check(len(self.task.operations) > 0, "task.operations is empty: no prompt pairs to make; list at least one (see `actlab config`)")
         bad = [p for p in self.phases if p not in PHASES]
         check(not bad, f"unknown phase(s) {bad}; phases are {list(PHASES)}")
         for i, p in enumerate(self.phases):

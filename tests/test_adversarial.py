@@ -250,3 +250,189 @@ def test_every_page_escapes_a_hostile_tokenizer_in_chromium(hostile_pages):
         assert (r['xss'], r['img'], r['onerror'], r['scripts']) == (0, 0, 0, 0), (name, r)
     if find_d3() is not None:  # with d3 the sae-vis page really renders (thousands of elements), so the check above bites
         assert results['sae_vis']['nodes'] > 1000, results['sae_vis']
+
+
+# ---------------------------------------------------------------- 3. a store that knows its own contents
+import pyarrow as pa
+from actlab.store import (StoreWriter, ActivationStore, combine, to_arrow, shard_name, StoreError, StoreDamagedError,
+                          StoreLockedError, StoreConfigError)
+
+SPEC = dict(config={'demo': 16}, columns={'x': {'shape': [2], 'dtype': 'float32'}}, n_rows=6, rows_per_shard=2)
+
+
+def write_part(path, ids, worker=(0, 1)):
+    w = StoreWriter(path, **{**SPEC, 'n_rows': len(ids)}, worker=worker)
+    for j in w.todo():
+        r = [ids[k] for k in w.rows_of(j)]
+        w.write_shard(j, pa.table({'example_id': r, 'x': to_arrow(np.array([[i, -i] for i in r], np.float32))}))
+    return w.finish()
+
+
+@pytest.fixture
+def parts(tmp_path):
+    return [write_part(tmp_path / 'w0', [0, 2, 4, 6, 8, 10], (0, 2)), write_part(tmp_path / 'w1', [1, 3, 5, 7, 9, 11], (1, 2))]
+
+
+def test_manifest_lists_every_shard_with_rows_and_sha256(parts):
+    m = json.loads((parts[0] / 'manifest.json').read_text())
+    from actlab.core import file_sha256
+    assert [(s['file'], s['rows']) for s in m['shards']] == [(f'data/{shard_name(j, 0, 2)}', 2) for j in range(3)]
+    assert all(s['sha256'] == file_sha256(parts[0] / s['file']) for s in m['shards'])
+    assert ActivationStore(parts[0]).verify() == dict(checked=3, unchecked=[])
+
+
+def test_missing_shard_is_an_error_naming_it_and_combine_refuses(parts, tmp_path):
+    (parts[0] / 'data' / shard_name(1, 0, 2)).unlink()
+    with pytest.raises(StoreDamagedError, match=rf'shard data/{shard_name(1, 0, 2)} of .* is missing; run the same extraction again'):
+        ActivationStore(parts[0])
+    with pytest.raises(StoreDamagedError, match='is missing'):
+        combine(parts, tmp_path / 'all')
+    assert not (tmp_path / 'all').exists() and not list(tmp_path.glob('.all*'))
+
+
+@pytest.mark.parametrize('kind', ['foreign', 'duplicate'])
+def test_extra_parquet_is_never_read_in(parts, tmp_path, kind):
+    src = parts[0] / 'data' / shard_name(0, 0, 2)
+    dst = parts[0] / 'data' / ('other.parquet' if kind == 'foreign' else 'copy-of-shard.parquet')
+    if kind == 'foreign': pd.DataFrame({'example_id': [99], 'y': [1.0]}).to_parquet(dst)
+    else: dst.write_bytes(src.read_bytes())
+    with pytest.raises(StoreDamagedError, match=rf"does not list: \['{dst.name}'\]"):
+        ActivationStore(parts[0])
+    with pytest.raises(StoreDamagedError, match=dst.name):
+        combine(parts, tmp_path / 'all')
+
+
+def test_truncated_shard_is_one_line(parts):
+    f = parts[1] / 'data' / shard_name(2, 1, 2)
+    f.write_bytes(f.read_bytes()[:150])
+    with pytest.raises(StoreDamagedError, match=rf'shard data/{f.name} of .* is truncated or corrupt .*re-extracts that shard'):
+        ActivationStore(parts[1])
+
+
+def test_flipped_bytes_are_caught_by_verify_and_combine(parts, tmp_path):
+    f = parts[1] / 'data' / shard_name(0, 1, 2)
+    b = bytearray(f.read_bytes()); b[12] ^= 0xFF; f.write_bytes(bytes(b))  # in the first data page: the footer still reads
+    st = ActivationStore(parts[1])  # presence, rows and schema are fine ...
+    with pytest.raises(StoreDamagedError, match=rf'shard data/{f.name} of .* is corrupt \(its SHA-256 differs'):
+        st.verify()  # ... the checksum is not
+    with pytest.raises(StoreDamagedError, match='is corrupt'):
+        combine(parts, tmp_path / 'all')
+    assert not (tmp_path / 'all').exists()
+
+
+@pytest.mark.parametrize('text', ['', '{"shards": [', 'null', '\x00\xff'])
+def test_corrupt_or_empty_manifest_is_one_line(parts, text):
+    (parts[0] / 'manifest.json').write_bytes(text.encode('latin-1'))
+    with pytest.raises(StoreDamagedError, match='overwrite=True') as e:
+        ActivationStore(parts[0])
+    assert '\n' not in str(e.value)
+    with pytest.raises(StoreDamagedError):  # a resume says the same, and changes nothing
+        StoreWriter(parts[0], **SPEC, worker=(0, 2))
+    assert len(list((parts[0] / 'data').glob('*.parquet'))) == 3
+
+
+def test_combine_refuses_its_own_input_as_output(parts):
+    before = sorted(p.name for p in (parts[0] / 'data').iterdir())
+    for out in (parts[0], parts[0] / 'sub', parts[0].parent):
+        with pytest.raises(StoreError, match='overlaps'):
+            combine(parts, out, overwrite=True)
+    assert sorted(p.name for p in (parts[0] / 'data').iterdir()) == before and len(ActivationStore(parts[0])) == 6
+
+
+def test_combine_builds_in_a_temp_folder_then_renames(parts, tmp_path, monkeypatch):
+    good = combine(parts, tmp_path / 'all')
+    assert len(good) == 12 and good.verify()['checked'] == 6
+    import actlab.store as S
+    calls = {'n': 0}
+    real_link = os.link
+    def flaky_link(a, b):
+        calls['n'] += 1
+        if calls['n'] == 4: raise OSError(28, 'No space left on device')
+        return real_link(a, b)
+    monkeypatch.setattr(S.os, 'link', flaky_link)
+    monkeypatch.setattr(S.shutil, 'copy2', lambda a, b: (_ for _ in ()).throw(OSError(28, 'No space left on device')))
+    with pytest.raises(StoreError, match='No space left'):
+        combine(parts, tmp_path / 'all', overwrite=True)
+    assert len(ActivationStore(tmp_path / 'all')) == 12  # the old output is untouched
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith('.all')]  # no temporary folder left
+
+
+def test_second_writer_is_refused_while_the_first_runs(tmp_path):
+    code = ('import sys, time; from actlab.store import StoreWriter; '
+            f'w = StoreWriter({str(tmp_path / "s")!r}, config={{"demo": 16}}, columns={{"x": {{"shape": [2], "dtype": "float32"}}}}, '
+            'n_rows=6, rows_per_shard=2); print("ready", flush=True); time.sleep(60)')
+    p = subprocess.Popen([PY, '-c', code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert p.stdout.readline().strip() == 'ready'
+        with pytest.raises(StoreLockedError, match=rf'being written by another process \(pid {p.pid}'):
+            StoreWriter(tmp_path / 's', **SPEC)
+    finally:
+        p.kill(); p.wait()
+    with pytest.warns(UserWarning, match=rf'stale lock .*pid {p.pid}'):  # the first one was killed: its lock is stale
+        w = StoreWriter(tmp_path / 's', **SPEC)
+    assert w.todo() == [0, 1, 2]
+
+
+# ---------------------------------------------------------------- tiny model + pairs (random weights, the task's word tokenizer)
+@pytest.fixture(scope='module')
+def tiny(tmp_path_factory):
+    from actlab.tasks import TaskConfig, make_pairs, build_word_tokenizer
+    from actlab.patching import tiny_model
+    from actlab.models import save_model
+    tc = TaskConfig(families=('id_control', 'junk_words'), suffix_lengths=(1, 2), n_per_cell=6, operand_max=5)
+    tok = build_word_tokenizer(tc)
+    model = tiny_model(d_vocab=len(tok), n_ctx=32, seed=1)
+    model.tokenizer = tok
+    folder = save_model(model, tmp_path_factory.mktemp('tiny') / 'model')
+    return model, make_pairs(tc, tok), tc, folder
+
+
+def test_resume_re_extracts_a_damaged_shard(tiny, tmp_path):
+    from actlab.extract import extract, ExtractConfig
+    model, pairs, *_ = tiny
+    cfg = ExtractConfig(hooks=('blocks.0.hook_resid_post',), rows_per_shard=8, progress=False)
+    st = extract(model, pairs, tmp_path / 's', cfg)
+    want = st.numpy('blocks.0.hook_resid_post')
+    f = st.files[1]; b = bytearray(f.read_bytes()); b[len(b) // 3] ^= 0xFF; f.write_bytes(bytes(b))
+    with pytest.warns(UserWarning, match=rf'{f.name} .* damaged .*re-extracted'):
+        st2 = extract(model, pairs, tmp_path / 's', cfg)
+    assert st2.verify()['checked'] == len(st2.files)
+    np.testing.assert_array_equal(st2.numpy('blocks.0.hook_resid_post'), want)
+
+
+def test_edited_architecture_is_another_model(tiny, tmp_path):
+    "config.json's act_fn edited (same weights): the store refuses to mix the two models' rows."
+    from actlab.extract import extract, ExtractConfig
+    from actlab.models import load_model
+    model, pairs, tc, folder = tiny
+    cfg = ExtractConfig(hooks=('blocks.1.hook_resid_pre',), rows_per_shard=8, progress=False)
+    extract(load_model(str(folder), device='cpu'), pairs, tmp_path / 's', cfg)
+    meta = json.loads((folder / 'config.json').read_text())
+    edited = tmp_path / 'edited'; import shutil; shutil.copytree(folder, edited)
+    meta['hooked_config']['act_fn'] = 'relu'; (edited / 'config.json').write_text(json.dumps(meta))
+    m2 = load_model(str(edited), device='cpu')
+    with pytest.raises(StoreConfigError, match=r"model\.arch\.act_fn: 'gelu' -> 'relu'"):
+        extract(m2, pairs, tmp_path / 's', cfg)
+
+
+# ---------------------------------------------------------------- 6. labels never hide a fault
+def test_nan_activations_get_a_flag_not_a_label(tiny, tmp_path):
+    from actlab.extract import extract, ExtractConfig
+    model, pairs, *_ = tiny
+    def nan(x, hook): x[:3, -1, 0] = float('nan'); return x
+    model.add_hook('blocks.0.hook_resid_post', nan)
+    try:
+        with pytest.warns(UserWarning, match='non-finite'):
+            st = extract(model, pairs, tmp_path / 's', ExtractConfig(hooks=('blocks.1.hook_resid_pre',), rows_per_shard=8, progress=False))
+    finally: model.reset_hooks()
+    meta = st.metadata()
+    bad = meta.nonfinite.to_numpy(bool)
+    assert bad.sum() >= 3 and meta.survives[bad].isna().all() and meta.survives[~bad].notna().all()
+    assert (meta.failure_class[bad] == '').all()
+    assert st.manifest['nonfinite_rows'] == int(bad.sum())
+
+
+def test_float_group_indices_are_refused_not_truncated():
+    from actlab.probes import group_index
+    with pytest.raises(ValueError, match=r'non-integer feature indices \[0.5\]'):
+        group_index([[0.5, 1], [2, 3]], 4)
