@@ -26,6 +26,17 @@ def cli(*args, cwd=None):
     return r.returncode, r.stderr
 
 
+def cli_here(*args):
+    "The same CLI in this process (`actlab.cli.main`): (exit status, stderr). Subprocess runs (`cli`) cost seconds of imports each."
+    import contextlib, io
+    from actlab.cli import main
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        try: rc = main([str(a) for a in args])
+        except SystemExit as e: rc = e.code
+    return rc, err.getvalue()
+
+
 def one_line(err: str) -> str:
     lines = [l for l in err.strip().splitlines() if l.strip()]
     assert len(lines) == 1 and 'Traceback' not in err, err
@@ -436,3 +447,169 @@ def test_float_group_indices_are_refused_not_truncated():
     from actlab.probes import group_index
     with pytest.raises(ValueError, match=r'non-integer feature indices \[0.5\]'):
         group_index([[0.5, 1], [2, 3]], 4)
+
+
+# ---------------------------------------------------------------- 7. validation before work (API and CLI)
+from actlab.study import StudyConfig, run_study, ResultsFolderError
+
+
+@pytest.mark.parametrize('text,key', [
+    ('task:\n  families: junk_words\n', 'StudyConfig.task.families: expected a list'),
+    ('task:\n  n_per_cell: "4"\n', 'StudyConfig.task.n_per_cell: expected an integer'),
+    ('task:\n  n_per_cell: 4.5\n', 'StudyConfig.task.n_per_cell: expected an integer'),
+    ('sae:\n  lr: fast\n', 'StudyConfig.sae.lr: expected a number'),
+    ('task: null\n', 'StudyConfig.task: expected a mapping'),
+    ('seed: abc\n', 'StudyConfig.seed: expected an integer'),
+    ('phases: baseline\n', 'StudyConfig.phases: expected a list'),
+    ('model:\n  device: banana\n', "'banana' is not a device"),
+    ('task:\n  families: []\n', 'task.families is empty'),
+    ('tsk: {}\n', 'unknown key'),
+    ('task: [1,\n', 'not valid YAML at line'),
+    ('task:\n\tseed: 1\n', 'use spaces'),
+    ('- a\n- b\n', 'must be a YAML mapping'),
+])
+def test_wrong_config_is_one_line(text, key):
+    with pytest.raises(ConfigError, match=None) as e:
+        StudyConfig.from_yaml(text)
+    assert key in str(e.value) and '\n' not in str(e.value), str(e.value)
+
+
+def test_yaml_float_without_dot_is_a_number():
+    assert StudyConfig.from_yaml('sae:\n  lr: 1e-3\n').sae.lr == 1e-3  # YAML 1.1 reads `1e-3` as a string
+
+
+def test_bad_config_files_through_the_cli_exit_2_with_one_line(tmp_path):
+    (tmp_path / 'empty.yaml').write_text('')
+    (tmp_path / 'bin.yaml').write_bytes(bytes(range(256)) * 4)
+    (tmp_path / 'dir.yaml').mkdir()
+    (tmp_path / 'types.yaml').write_text('task:\n  families: junk_words\n')
+    for i, (name, key) in enumerate((('empty.yaml', 'actlab config'), ('bin.yaml', 'not a text file'), ('dir.yaml', 'is a folder'),
+                                     ('types.yaml', 'expected a list'), ('missing.yaml', 'actlab config'))):
+        rc, err = (cli if i == 0 else cli_here)('run', tmp_path / name, '--out', tmp_path / 'res', '--no-progress')  # one real process
+        assert rc == 2 and key in one_line(err), (name, err)
+    assert not (tmp_path / 'res').exists()  # nothing written
+
+
+@pytest.mark.parametrize('device,key', [('cuda:7', 'cuda:7'), ('banana', 'not a device'), ('cuda', 'no CUDA GPU')])
+def test_devices_are_checked_up_front(tmp_path, device, key):
+    if device == 'cuda' and torch.cuda.is_available(): pytest.skip('a GPU is visible here')
+    if device == 'cuda:7' and torch.cuda.device_count() > 7: pytest.skip('this machine has 8 GPUs')
+    from actlab.study import ModelConfig
+    with pytest.raises(ConfigError, match=key):
+        run_study(StudyConfig(model=ModelConfig(device=device)), tmp_path, progress=False)
+    assert not any(tmp_path.iterdir())
+
+
+def test_device_through_the_cli(tmp_path):
+    (tmp_path / 'c.yaml').write_text('model:\n  device: cuda:7\n')
+    rc, err = cli_here('run', tmp_path / 'c.yaml', '--out', tmp_path / 'res', '--no-progress')
+    assert rc == 2 and 'cuda:7' in one_line(err) and not (tmp_path / 'res').exists()
+
+
+def study_cfg(folder, name='t', **kw):
+    from actlab.study import ModelConfig
+    from actlab.tasks import TaskConfig
+    from actlab.patching import PatchingConfig
+    base = dict(name=name, task=TaskConfig(families=('id_control', 'junk_words'), suffix_lengths=(1, 2), n_per_cell=6, operand_max=5),
+                model=ModelConfig(name=str(folder), device='cpu'), phases=('baseline',), patching=PatchingConfig(sites=('resid_pre',)))
+    return StudyConfig(**{**base, **kw})
+
+
+@pytest.mark.parametrize('change,key', [
+    (dict(probes={'n_splits': 50}), 'probes.n_splits=50 but the pairs have only'),
+    (dict(sae={'batch_size': 100000}), 'sae.batch_size=100000'),
+    (dict(probes={'site': 'blocks.9.hook_resid_post'}), 'close matches'),
+    (dict(task={'suffix_lengths': [40]}), "n_ctx is 32"),
+])
+def test_cross_field_constraints_before_phase_a(tiny, tmp_path, change, key):
+    *_, folder = tiny
+    from actlab.study import ProbesPhase, SAEPhase
+    from actlab.tasks import TaskConfig
+    cfg = study_cfg(folder, phases=('baseline', 'patching', 'extraction', 'probes', 'sae'))
+    d = cfg.to_dict()
+    for k, v in change.items(): d[k].update(v)
+    try: cfg = StudyConfig.from_dict(d)
+    except ConfigError as e: assert key in str(e); return
+    with pytest.raises((ConfigError, ValueError), match=key):
+        run_study(cfg, tmp_path, progress=False)
+    assert not (tmp_path / 't').exists()  # refused before phase A wrote anything
+
+
+def test_answers_outside_the_vocabulary_are_refused_before_phase_a(tiny, tmp_path):
+    *_, folder = tiny  # the tokenizer knows numbers up to 10 only
+    cfg = study_cfg(folder)
+    d = cfg.to_dict(); d['task']['operand_max'] = 100
+    with pytest.raises((ConfigError, ValueError), match='vocabulary|operand_max|not a single token|unknown'):
+        run_study(StudyConfig.from_dict(d), tmp_path, progress=False)
+    assert not (tmp_path / 't').exists()
+
+
+# ---------------------------------------------------------------- 4. a results folder belongs to one run
+def test_rerun_with_another_config_is_refused_then_moved_aside(tiny, tmp_path):
+    *_, folder = tiny
+    a = run_study(study_cfg(folder, phases=('baseline', 'patching')), tmp_path, progress=False)
+    before = sorted(p.name for p in a.iterdir())
+    with pytest.raises(ResultsFolderError, match=r'holds another run: .*seed: 0 -> 1.*--overwrite'):
+        run_study(study_cfg(folder, seed=1), tmp_path, progress=False)
+    assert sorted(p.name for p in a.iterdir()) == before  # nothing written, nothing lost
+    b = run_study(study_cfg(folder, seed=1), tmp_path, progress=False, overwrite=True)
+    m = json.loads((b / 'manifest.json').read_text())
+    assert m['study']['seed'] == 1 and m['phases'] == ['baseline']
+    assert 'patch_classes' not in m and 'top_sites' not in m and not (b / 'patching_examples.parquet').exists()  # never merged
+    (old,) = tmp_path.glob('t.old-*')
+    assert sorted(p.name for p in old.iterdir()) == before  # the old run, whole
+
+
+def test_same_config_rerun_writes_a_fresh_manifest(tiny, tmp_path):
+    *_, folder = tiny
+    run_study(study_cfg(folder, phases=('baseline', 'patching')), tmp_path, progress=False)
+    f = run_study(study_cfg(folder), tmp_path, progress=False)  # the same config, fewer phases
+    m = json.loads((f / 'manifest.json').read_text())
+    assert m['phases'] == ['baseline'] and 'patch_classes' not in m
+
+
+def test_rerun_refused_through_the_cli(tiny, tmp_path):
+    *_, folder = tiny
+    (tmp_path / 'a.yaml').write_text(study_cfg(folder).to_yaml())
+    (tmp_path / 'b.yaml').write_text(study_cfg(folder, seed=3).to_yaml())
+    assert cli_here('pairs', tmp_path / 'a.yaml', '--out', tmp_path / 'r')[0] == 0
+    rc, err = cli('pairs', tmp_path / 'b.yaml', '--out', tmp_path / 'r')  # a real process: exit status 2
+    assert rc == 2 and '--overwrite' in one_line(err)
+    rc, err = cli_here('pairs', tmp_path / 'b.yaml', '--out', tmp_path / 'r', '--overwrite')
+    assert rc == 0, err
+    assert json.loads((tmp_path / 'r' / 't' / 'manifest.json').read_text())['study']['seed'] == 3
+    assert len(list((tmp_path / 'r').glob('t.old-*'))) == 1
+
+
+# ---------------------------------------------------------------- 5. no partial files
+def test_truncated_plotly_js_is_repaired(tmp_path):
+    from actlab.study import Report
+    from plotly.offline import get_plotlyjs
+    js = tmp_path / 'plotly.min.js'
+    js.write_text(get_plotlyjs()[: len(get_plotlyjs()) // 2])  # what a full disk left behind
+    Report('r').write(tmp_path / 'report.html')
+    assert js.read_text() == get_plotlyjs()
+
+
+def test_a_failed_write_leaves_the_old_file_and_no_temp(tmp_path, monkeypatch):
+    p = atomic_write(tmp_path / 'report.html', 'old page')
+    import actlab.core as C
+    real = C.os.fdopen
+    class Full:
+        def __init__(self, f): self.f = f
+        def __enter__(self): return self
+        def __exit__(self, *a): self.f.close()
+        def write(self, b): self.f.write(b[:3]); raise OSError(28, 'No space left on device')
+    monkeypatch.setattr(C.os, 'fdopen', lambda fd, mode: Full(real(fd, mode)))
+    with pytest.raises(OSError, match='No space'):
+        atomic_write(p, 'new page, longer')
+    monkeypatch.undo()
+    assert p.read_text() == 'old page' and sorted(x.name for x in tmp_path.iterdir()) == ['report.html']
+
+
+def test_write_manifest_refuses_to_merge_a_damaged_one(tmp_path):
+    (tmp_path / 'manifest.json').write_text('{"study": ')
+    with pytest.raises(ConfigError, match='is damaged'):
+        write_manifest(tmp_path, a=1)
+    write_manifest(tmp_path, fresh=True, a=1)
+    assert json.loads((tmp_path / 'manifest.json').read_text())['a'] == 1
