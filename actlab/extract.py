@@ -291,6 +291,8 @@ def extract(model,  # a HookedTransformer
             study_config: Config | dict | None = None,  # the whole study config, recorded in the manifest
             overwrite: bool = False) -> ActivationStore:  # replace a store made with another config instead of refusing
     "Stream activations at `cfg.hooks` (with labels) for this worker's share of `pairs` into the store at `path`."
+    check(len(pairs) > 0, "extract: the pair set is empty (no prompt pairs); check the task config's families, suffix_lengths and n_per_cell, "
+                          "or the filter that made it")
     full = cfg.mode == 'full'
     if full: check(len(pairs) <= cfg.pilot_max_examples, f"mode='full' caches every hook; {len(pairs)} pairs is more than "
                    f"pilot_max_examples={cfg.pilot_max_examples}: use mode='selective' with chosen hooks, or raise the limit")
