@@ -64,8 +64,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)  # --help and usage errors before any heavy import
     from actlab.models import ModelLoadError
     from actlab.store import StoreError
+    from actlab.saes import CheckpointError
     try: return _dispatch(args)
-    except (CLIError, FileNotFoundError, FileExistsError, ConnectionError, ValueError, ModelLoadError, StoreError) as e:
+    except (CLIError, FileNotFoundError, FileExistsError, ConnectionError, ValueError, ModelLoadError, StoreError, CheckpointError) as e:
         # ConfigError (a ValueError) and ModelLoadError included: say what to fix, no traceback
         print(f"actlab {args.command}: {_one_line(e)}", file=sys.stderr)
         return 2
