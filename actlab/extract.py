@@ -166,6 +166,7 @@ class ExtractConfig(Config):
         check(self.dtype in ('float32', 'float16'), f"dtype must be 'float32' or 'float16', got {self.dtype!r}")
         check(self.on_nonfinite in ('count', 'raise'), f"on_nonfinite must be 'count' or 'raise', got {self.on_nonfinite!r}")
         check(self.batch_size >= 1 and self.rows_per_shard >= 1, "batch_size and rows_per_shard must be >= 1")
+        check(self.pilot_max_examples >= 1, f"pilot_max_examples must be >= 1, got {self.pilot_max_examples}")
         check(self.num_shards >= 1 and 0 <= self.shard_index < self.num_shards,
               f"shard_index must be in 0..num_shards-1, got {self.shard_index} of {self.num_shards}")
 

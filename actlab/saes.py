@@ -15,7 +15,7 @@ import torch
 from tqdm.auto import tqdm
 from sae_lens import SAE, SAETrainer
 from sae_lens.config import SAETrainerConfig, LoggingConfig
-from .core import Config, ConfigError, check, atomic_write, atomic_write_json
+from .core import Config, ConfigError, check, check_device, atomic_write, atomic_write_json
 
 # %% auto #0
 __all__ = ['ARCHITECTURES', 'SUBSETS', 'SAETrainConfig', 'TensorProvider', 'StoreProvider', 'IterableProvider', 'as_provider',
@@ -69,6 +69,14 @@ class SAETrainConfig(Config):
         check(self.checkpoint_every >= 0 and self.keep_checkpoints >= 1, "checkpoint_every must be >= 0 and keep_checkpoints >= 1")
         check(self.norm_rows >= 1, f"norm_rows must be >= 1, got {self.norm_rows}")
         check(0 < self.dense_threshold <= 1, f"dense_threshold must be in (0, 1], got {self.dense_threshold}")
+        check(self.dead_feature_window >= 1 and self.feature_sampling_window >= 1,
+              f"dead_feature_window and feature_sampling_window must be >= 1 (steps), got {self.dead_feature_window}, {self.feature_sampling_window}")
+        for k in ('lr_warm_up_steps', 'lr_decay_steps', 'l1_warm_up_steps'):
+            check(getattr(self, k) >= 0, f"{k} must be >= 0 (steps), got {getattr(self, k)}")
+        for k in ('l1_coefficient', 'l0_coefficient'):
+            check(math.isfinite(getattr(self, k)) and getattr(self, k) >= 0, f"{k} must be a number >= 0, got {getattr(self, k)}")
+        check(math.isfinite(self.lr), f"lr must be a finite number, got {self.lr}")
+        check_device(self.device, available=False, where='device')
         self.matryoshka_widths = tuple(int(w) for w in self.matryoshka_widths)
         if self.architecture == 'matryoshka':
             w = self.matryoshka_widths or (max(1, self.d_sae // 4), max(2, self.d_sae // 2), self.d_sae)

@@ -467,6 +467,9 @@ from actlab.study import StudyConfig, run_study, ResultsFolderError
     ('task: [1,\n', 'not valid YAML at line'),
     ('task:\n\tseed: 1\n', 'use spaces'),
     ('- a\n- b\n', 'must be a YAML mapping'),
+    ('sae:\n  feature_sampling_window: 0\n', 'feature_sampling_window must be >= 1'),
+    ('sae:\n  lr: .inf\n', 'lr must be a finite number'),
+    ('extraction:\n  batch_size: 0\n', 'batch_size and rows_per_shard must be >= 1'),
 ])
 def test_wrong_config_is_one_line(text, key):
     with pytest.raises(ConfigError, match=None) as e:
