@@ -42,6 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument('config', nargs='?', help='study YAML or a preset name in configs/ (default: the built-in default study)')
         p.add_argument('--out', default='results', help='results root folder (default: results)')
         p.add_argument('--no-progress', action='store_true', help='no progress bars')
+        p.add_argument('--overwrite', action='store_true', help='replace a results folder holding another run (it is moved aside first)')
         return p
     study_cmd('run', 'run the whole study (every phase in the config) and write report.html')
     for cmd, ph in _PHASE_CMDS.items():
@@ -63,8 +64,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)  # --help and usage errors before any heavy import
     from actlab.models import ModelLoadError
     from actlab.store import StoreError
+    from actlab.saes import CheckpointError
     try: return _dispatch(args)
-    except (CLIError, FileNotFoundError, FileExistsError, ConnectionError, ValueError, ModelLoadError, StoreError) as e:
+    except (CLIError, FileNotFoundError, FileExistsError, ConnectionError, ValueError, ModelLoadError, StoreError, CheckpointError) as e:
         # ConfigError (a ValueError) and ModelLoadError included: say what to fix, no traceback
         print(f"actlab {args.command}: {_one_line(e)}", file=sys.stderr)
         return 2
@@ -75,7 +77,7 @@ def _study(args, upto: str | None = None):
     if upto is not None:
         want = PHASES[:PHASES.index(upto) + 1]
         cfg = cfg.replace(phases=tuple(p for p in want if p != 'features'))
-    folder = run_study(cfg, args.out, progress=not args.no_progress)
+    folder = run_study(cfg, args.out, progress=not args.no_progress, overwrite=args.overwrite)
     print(f"results written to {folder.resolve()} (open report.html)")
 
 def _dispatch(args) -> int:
@@ -92,11 +94,16 @@ def _dispatch(args) -> int:
     elif args.command == 'pairs':
         from actlab.models import load_model
         from actlab.tasks import make_pairs
+        from actlab.study import claim_folder, check_study_inputs
+        from actlab.core import atomic_path
         cfg = _load_cfg(args.config)
-        pairs = make_pairs(cfg.task, load_model(cfg.model.name, device='cpu').tokenizer)
-        folder = Path(args.out) / cfg.name; folder.mkdir(parents=True, exist_ok=True)
-        pairs.df.to_parquet(folder / 'pairs.parquet')
-        write_manifest(folder, study=cfg, phases=['pairs'], n_pairs=len(pairs))
+        model = load_model(cfg.model.name, device='cpu')
+        pairs = make_pairs(cfg.task, model.tokenizer)
+        check_study_inputs(cfg.replace(phases=('baseline',)), model, pairs)  # answers in the vocabulary, prompts within n_ctx
+        folder = Path(args.out) / cfg.name
+        claim_folder(folder, cfg, overwrite=args.overwrite); folder.mkdir(parents=True, exist_ok=True)
+        with atomic_path(folder / 'pairs.parquet') as tmp: pairs.df.to_parquet(tmp)
+        write_manifest(folder, fresh=True, study=cfg, phases=['pairs'], n_pairs=len(pairs))
         print(f"{len(pairs)} pairs written to {folder / 'pairs.parquet'}")
     elif args.command == 'dashboard':
         folder = Path(args.results)
@@ -105,13 +112,15 @@ def _dispatch(args) -> int:
         if importlib.util.find_spec('actlab.dashboards') is None:
             raise CLIError("dashboards need actlab.dashboards, which this version does not have; open report.html in the "
                            "results folder instead")
-        m = json.loads((folder / 'manifest.json').read_text())
+        try: m = json.loads((folder / 'manifest.json').read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise CLIError(f"{folder / 'manifest.json'} is damaged ({e}); run the study again (`actlab run study.yaml --overwrite`)") from None
         if 'sae' not in m: raise CLIError(f"{folder} has no SAE yet; run `actlab sae` (or `actlab run`) on its study.yaml first")
         from actlab.dashboards import build_dashboard_html
         from actlab.models import load_model
         from actlab.saes import load_sae
         from actlab.tasks import make_pairs
-        cfg = StudyConfig.from_dict(m['study'])
+        cfg = StudyConfig.from_dict(m.get('study') or {})
         model = load_model(cfg.model.name, device=cfg.model.device)
         try:
             files = build_dashboard_html(folder / 'dashboards', model, make_pairs(cfg.task, model.tokenizer),

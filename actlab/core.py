@@ -4,7 +4,7 @@
 
 # %% ../nbs/00_core.ipynb #a669d11f
 from __future__ import annotations
-import dataclasses, hashlib, json, random, os, sys, platform, datetime, typing
+import contextlib, dataclasses, hashlib, json, random, os, re, sys, platform, datetime, typing, tempfile
 from dataclasses import dataclass, fields, is_dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -14,8 +14,9 @@ import torch
 import yaml
 
 # %% auto #0
-__all__ = ['T', 'ConfigError', 'check', 'Config', 'seed_everything', 'state_dict_hash', 'package_versions', 'write_manifest',
-           'default_device']
+__all__ = ['T', 'ConfigError', 'check', 'Config', 'seed_everything', 'state_dict_hash', 'atomic_write', 'atomic_path',
+           'atomic_write_json', 'file_sha256', 'ensure_file', 'package_versions', 'write_manifest', 'default_device',
+           'check_device']
 
 # %% ../nbs/00_core.ipynb #ef42be26
 T = TypeVar('T', bound='Config')
@@ -27,15 +28,57 @@ def check(cond: bool, msg: str):
     "Raise `ConfigError(msg)` unless `cond`."
     if not cond: raise ConfigError(msg)
 
-def _from_value(tp, v):
-    "Rebuild a value of (resolved) type `tp` from its plain-dict form."
+_TYPE_WORDS = {str: 'a string', int: 'an integer', float: 'a number', bool: 'true or false'}
+
+def _type_name(tp) -> str:
     origin = typing.get_origin(tp)
+    if origin in (tuple, typing.Tuple, list): return 'a list'
+    if origin is dict or tp is dict: return 'a mapping'
+    if isinstance(tp, type) and is_dataclass(tp): return f'a mapping of {tp.__name__} keys'
+    return _TYPE_WORDS.get(tp, getattr(tp, '__name__', str(tp)))
+
+def _from_value(tp, v, where: str = 'value'):
+    "Rebuild a value of (resolved) type `tp` from its plain-dict form; a value of the wrong type is a `ConfigError` naming `where`."
+    origin = typing.get_origin(tp)
+    bad = lambda: ConfigError(f"{where}: expected {_type_name(tp)}, got {v!r} ({type(v).__name__}); fix it in the config "
+                              "(see `actlab config` for the defaults)")
     if origin is typing.Union or (origin is not None and str(origin) == "<class 'types.UnionType'>"):
         args = [a for a in typing.get_args(tp) if a is not type(None)]
         if v is None: return None
-        return _from_value(args[0], v) if len(args) == 1 else v
-    if isinstance(tp, type) and is_dataclass(tp) and isinstance(v, dict): return tp.from_dict(v)
-    if origin in (tuple, typing.Tuple) and isinstance(v, (list, tuple)): return tuple(v)
+        if len(args) == 1: return _from_value(args[0], v, where)
+        for a in args:
+            try: return _from_value(a, v, where)
+            except ConfigError: pass
+        raise ConfigError(f"{where}: expected one of {[_type_name(a) for a in args]}, got {v!r}")
+    if isinstance(tp, type) and is_dataclass(tp):
+        if isinstance(v, tp): return v
+        if not isinstance(v, dict):
+            raise ConfigError(f"{where}: expected a mapping of {tp.__name__} keys, got {v!r}; give its keys, or leave `{where.split('.')[-1]}` "
+                              "out for the defaults (see `actlab config`)")
+        return tp.from_dict(v, _where=where)
+    if origin in (tuple, typing.Tuple, list):
+        if not isinstance(v, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {v!r} ({type(v).__name__}); write it as a YAML list, e.g. [{v!r}]")
+        args = typing.get_args(tp)
+        el = args[0] if args and (len(args) == 2 and args[1] is Ellipsis or origin is list) else None
+        if el is not None: v = [_from_value(el, x, f'{where}[{i}]') for i, x in enumerate(v)]
+        return tuple(v) if origin is not list else list(v)
+    if tp is bool:
+        if not isinstance(v, (bool, np.bool_)): raise bad()
+        return bool(v)
+    if tp is int:
+        if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)): raise bad()
+        return int(v)
+    if tp is float:
+        if isinstance(v, str):  # YAML 1.1 reads `1e-3` (no dot) as a string
+            if not re.fullmatch(r'[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?', v.strip()): raise bad()
+            return float(v)
+        if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, float, np.integer, np.floating)): raise bad()
+        return float(v)
+    if tp is str:
+        if not isinstance(v, str): raise bad()
+        return v
+    if (tp is dict or origin is dict) and not isinstance(v, dict): raise bad()
     return v
 
 class Config:
@@ -50,23 +93,48 @@ class Config:
         return conv(self)
 
     @classmethod
-    def from_dict(cls: type[T], d: dict) -> T:
-        known = {f.name for f in fields(cls)}
+    def from_dict(cls: type[T], d: dict, _where: str | None = None) -> T:
+        "Build from a plain dict; unknown keys and values of the wrong type are a `ConfigError` naming the field."
+        where = _where or cls.__name__
+        if not isinstance(d, dict): raise ConfigError(f"{where}: expected a mapping of keys, got {d!r}")
+        known = {f.name for f in fields(cls) if f.init}
         unknown = set(d) - known
-        check(not unknown, f"{cls.__name__}: unknown key(s) {sorted(unknown)}; known keys are {sorted(known)}")
+        check(not unknown, f"{where}: unknown key(s) {sorted(unknown)}; known keys are {sorted(known)}")
         hints = typing.get_type_hints(cls)
-        return cls(**{k: _from_value(hints[k], v) for k, v in d.items()})
+        vals = {k: _from_value(hints[k], v, f'{where}.{k}') for k, v in d.items()}
+        try: return cls(**vals)
+        except ConfigError as e:
+            raise ConfigError(f"{where}: {e}" if _where and not str(e).startswith(where) else str(e)) from None
+        except (TypeError, AttributeError) as e:  # a __post_init__ tripping over a value: still one line
+            raise ConfigError(f"{where}: invalid value ({e}); check its fields against `actlab config`") from None
 
     def to_yaml(self, path: str | Path | None = None) -> str:
         text = yaml.safe_dump(self.to_dict(), sort_keys=False)
-        if path is not None: Path(path).write_text(text)
+        if path is not None: atomic_write(path, text)
         return text
 
     @classmethod
     def from_yaml(cls: type[T], path_or_text: str | Path) -> T:
+        "Read a YAML file (or YAML text); malformed, binary, empty or non-mapping input is one `ConfigError` line."
         p = Path(path_or_text) if not str(path_or_text).lstrip().startswith(('{', '\n')) and '\n' not in str(path_or_text) else None
-        text = p.read_text() if p is not None and p.exists() else str(path_or_text)
-        return cls.from_dict(yaml.safe_load(text) or {})
+        src = f'config file {p}' if p is not None and p.exists() else 'config text'
+        if p is not None and p.is_dir(): raise ConfigError(f"{p} is a folder, not a config file; give a YAML file (write one with `actlab config > study.yaml`)")
+        try: text = p.read_text() if p is not None and p.exists() else str(path_or_text)
+        except UnicodeDecodeError: raise ConfigError(f"{src} is not a text file (binary data?); give a YAML file (write one with `actlab config > study.yaml`)") from None
+        except OSError as e: raise ConfigError(f"cannot read {src}: {e.strerror or e}") from None
+        if '\x00' in text: raise ConfigError(f"{src} is not a text file (binary data?); give a YAML file (write one with `actlab config > study.yaml`)")
+        try: d = yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            mark = getattr(e, 'problem_mark', None)
+            at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ''
+            tab = ' (YAML does not allow tabs for indentation: use spaces)' if '\t' in text else ''
+            what = getattr(e, 'problem', None) or str(e).split('\n')[0]
+            raise ConfigError(f"{src} is not valid YAML{at}: {what}{tab}") from None
+        if d is None:
+            if src == 'config text' and not text.strip(): return cls()
+            raise ConfigError(f"{src} is empty; write a config with `actlab config > study.yaml` (or omit the file for the defaults)")
+        if not isinstance(d, dict): raise ConfigError(f"{src} must be a YAML mapping of keys (see `actlab config`), got {type(d).__name__} {d!r:.60}")
+        return cls.from_dict(d)
 
     def replace(self: T, **changes) -> T:
         "A copy with `changes` applied (validated again)."
@@ -91,6 +159,47 @@ def state_dict_hash(sd: dict[str, torch.Tensor]) -> str:
         h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b'')
     return h.hexdigest()[:16]
 
+# %% ../nbs/00_core.ipynb #a8129750
+def atomic_write(path: str | Path, data: str | bytes) -> Path:
+    "Write `data` to `path` via a temporary file in the same folder, `fsync` and `os.replace`: never a partial file."
+    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f'.{path.name}.', suffix='.tmp', dir=path.parent)
+    try:
+        with os.fdopen(fd, 'wb') as f:
+            f.write(data.encode() if isinstance(data, str) else data); f.flush(); os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True); raise
+    return path
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path):
+    "A temporary path beside `path` to write to (e.g. `df.to_parquet(tmp)`); renamed onto `path` on success, removed on failure."
+    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f'.{path.name}.{os.getpid()}.tmp')
+    try:
+        yield tmp
+        with open(tmp, 'rb') as f: os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally: tmp.unlink(missing_ok=True)
+
+def atomic_write_json(path: str | Path, data, **kw) -> Path:
+    "`atomic_write` of `data` as indented JSON."
+    return atomic_write(path, json.dumps(data, indent=2, default=str, **kw))
+
+def file_sha256(path: str | Path) -> str:
+    "SHA-256 (hex) of a file's bytes."
+    h = hashlib.sha256()
+    with open(path, 'rb') as f:
+        for chunk in iter(lambda: f.read(1 << 20), b''): h.update(chunk)
+    return h.hexdigest()
+
+def ensure_file(path: str | Path, data: str | bytes) -> Path:
+    "Make `path` hold exactly `data`: rewritten (atomically) unless its size and SHA-256 already match."
+    path = Path(path); b = data.encode() if isinstance(data, str) else data
+    if path.is_file() and path.stat().st_size == len(b) and file_sha256(path) == hashlib.sha256(b).hexdigest(): return path
+    return atomic_write(path, b)
+
 # %% ../nbs/00_core.ipynb #33c7bf6a
 def package_versions(names=('torch', 'transformer_lens', 'sae_lens', 'numpy', 'datasets', 'pyarrow', 'sklearn', 'actlab')) -> dict[str, str]:
     "Installed versions of the packages a result depends on."
@@ -102,16 +211,42 @@ def package_versions(names=('torch', 'transformer_lens', 'sae_lens', 'numpy', 'd
         except metadata.PackageNotFoundError: out[n] = 'not installed'
     return out
 
-def write_manifest(folder: str | Path, **entries) -> Path:
+def write_manifest(folder: str | Path,
+                   fresh: bool = False,  # write only `entries` (a new run), never merging with an older manifest
+                   **entries) -> Path:
     "Write (or update) `folder/manifest.json` with `entries`, package versions and the time; return its path."
     folder = Path(folder); folder.mkdir(parents=True, exist_ok=True)
     path = folder / 'manifest.json'
-    data = json.loads(path.read_text()) if path.exists() else {}
+    data = {}
+    if path.exists() and not fresh:
+        try: data = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ConfigError(f"{path} is damaged ({e}); delete it (or the folder) and run again") from None
     data.update({k: (v.to_dict() if isinstance(v, Config) else v) for k, v in entries.items()})
     data.update(packages=package_versions(), written_at=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'))
-    tmp = path.with_suffix('.json.tmp'); tmp.write_text(json.dumps(data, indent=2, default=str)); os.replace(tmp, path)
+    atomic_write_json(path, data)
     return path
 
 def default_device() -> str:
     "'cuda' when a GPU is visible, else 'cpu'."
     return 'cuda' if torch.cuda.is_available() else 'cpu'
+
+def check_device(device: str | None,  # 'cpu', 'cuda', 'cuda:1', 'mps', ... or None (= `default_device()`)
+                 available: bool = True,  # also check that the device exists on this machine
+                 where: str = 'device') -> str | None:
+    "`device` if it names a device torch knows (and, with `available`, one this machine has); else a one-line `ConfigError`."
+    if device is None: return None
+    if not isinstance(device, str): raise ConfigError(f"{where}: expected a device name such as 'cpu' or 'cuda', got {device!r}")
+    try: d = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise ConfigError(f"{where}: {device!r} is not a device; use 'cpu', 'cuda', 'cuda:N' or leave it out (null) for the default") from None
+    if not available: return device
+    if d.type == 'cuda':
+        if not torch.cuda.is_available(): raise ConfigError(f"{where}: {device!r} but no CUDA GPU is visible here; use 'cpu' (or null for the default)")
+        if d.index is not None and d.index >= torch.cuda.device_count():
+            raise ConfigError(f"{where}: {device!r} but this machine has {torch.cuda.device_count()} GPU(s) (cuda:0..cuda:{torch.cuda.device_count() - 1})")
+    elif d.type == 'mps' and not (getattr(torch.backends, 'mps', None) and torch.backends.mps.is_available()):
+        raise ConfigError(f"{where}: 'mps' is not available here; use 'cpu'")
+    elif d.type not in ('cpu', 'cuda', 'mps', 'meta'):
+        raise ConfigError(f"{where}: device type {d.type!r} is not supported; use 'cpu' or 'cuda'")
+    return device

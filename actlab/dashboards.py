@@ -19,12 +19,13 @@ from .features import (FeatureActs, pair_feature_acts, store_feature_acts, featu
                              suppressed_features, junk_features, head_changes, top_heads, plot_suppressed, plot_junk,
                              plot_head_changes, quick_sae)
 from .patching import PatchingConfig, patch_pairs, heatmap_layer_pos_by_family, heatmap_layer_head_by_family, SITES
+from .core import atomic_write, ensure_file
 
 # %% auto #0
-__all__ = ['DashboardInputError', 'DashboardData', 'build_dashboard_data', 'message_html', 'tokens_html', 'table_html',
-           'show_figure', 'ExampleBrowser', 'FeatureBrowser', 'RescueOverview', 'dashboard', 'open_dashboard',
-           'saevis_adapter', 'concat_prompts', 'saevis_dashboard', 'find_d3', 'iframe', 'attention_html',
-           'logprobs_html', 'build_dashboard_html']
+__all__ = ['DashboardInputError', 'DashboardData', 'build_dashboard_data', 'script_json', 'entity_escape', 'message_html',
+           'tokens_html', 'table_html', 'show_figure', 'ExampleBrowser', 'FeatureBrowser', 'RescueOverview',
+           'dashboard', 'open_dashboard', 'saevis_adapter', 'concat_prompts', 'saevis_dashboard', 'find_d3', 'iframe',
+           'attention_html', 'logprobs_html', 'build_dashboard_html']
 
 # %% ../nbs/10_dashboards.ipynb #900e2353
 class DashboardInputError(ValueError):
@@ -108,6 +109,18 @@ def build_dashboard_data(model, sae, pairs, patching=None, store=None,
 # %% ../nbs/10_dashboards.ipynb #46ed1361
 _MSG_STYLE = 'background:#fff3cd;border:1px solid #e0c36c;padding:4px 8px;border-radius:4px'
 
+_SCRIPT_SAFE = {'<': '\\u003c', '>': '\\u003e', '&': '\\u0026', '\u2028': '\\u2028', '\u2029': '\\u2029'}
+
+def script_json(obj, **kw) -> str:
+    "JSON of `obj` safe to put inside a `<script>`: `<`, `>`, `&` (and U+2028/9) written as `\\u003c`-style escapes, so no string can close the tag."
+    s = json.dumps(obj, **kw)
+    for k, v in _SCRIPT_SAFE.items(): s = s.replace(k, v)
+    return s
+
+def entity_escape(s: str) -> str:
+    "`s` with `& < > \" '` as numeric character references (`&#60;`...): shown as text by a page that inserts it with `innerHTML`."
+    return ''.join(f'&#{ord(c)};' if c in '&<>"\'' else c for c in str(s))
+
 def message_html(text: str) -> str:
     "A visible warning box (for bad input)."
     return f'<div class="actlab-message" style="{_MSG_STYLE}">⚠ {html.escape(str(text))}</div>'
@@ -126,8 +139,8 @@ def tokens_html(tokens: Sequence[str], values: Sequence[float], vmax: float | No
     return f'<div class="actlab-tokens">{head}{"".join(spans)}</div>'
 
 def table_html(df: pd.DataFrame, floatfmt: str = '{:.3f}') -> str:
-    "A compact HTML table."
-    return df.to_html(index=False, float_format=lambda v: floatfmt.format(v), classes='actlab-table', border=0)
+    "A compact HTML table (cells and headers HTML-escaped)."
+    return df.to_html(index=False, float_format=lambda v: floatfmt.format(v), classes='actlab-table', border=0, escape=True)
 
 def show_figure(out: widgets.Output, fig: go.Figure):
     "Put `fig` in `out` as a plotly mime bundle (works with or without a kernel)."
@@ -190,8 +203,8 @@ class ExampleBrowser:
         i = int(np.flatnonzero(d.df.example_id.to_numpy() == e)[0])
         acts = d.token_acts[e][:, f]
         self.message.value = ''
-        self.info.value = (f'<b>rescue score</b> {row.get("rescue_score", np.nan):.3f} &nbsp; <b>class</b> {row.get("patch_class", "?")} &nbsp; '
-                           f'<b>best site</b> {row.get("best_patch_site", "?")} &nbsp; <b>logit diff</b> clean {row.get("logit_diff_clean", np.nan):.2f} '
+        self.info.value = (f'<b>rescue score</b> {row.get("rescue_score", np.nan):.3f} &nbsp; <b>class</b> {html.escape(str(row.get("patch_class", "?")))} &nbsp; '
+                           f'<b>best site</b> {html.escape(str(row.get("best_patch_site", "?")))} &nbsp; <b>logit diff</b> clean {row.get("logit_diff_clean", np.nan):.2f} '
                            f'→ corrupted {row.get("logit_diff_corrupted", np.nan):.2f} &nbsp; answer {html.escape(str(row.answer_token))} vs '
                            f'{html.escape(str(row.distractor_token))}')
         self.tokens.value = tokens_html(d.str_tokens[e], acts, vmax=max(float(d.token_acts[e].max()), 1e-9),
@@ -391,7 +404,8 @@ def saevis_dashboard(model, sae, features: Sequence[int], tokens: torch.Tensor,
     if not fs: raise DashboardInputError("no features selected")
     hm = as_sae_transformer(model)
     lp = [(mode, name, _probe_matrix(v)) for name, v in (probes or {}).items() for mode in ('input', 'output')]
-    vocab = {i: s for i, s in enumerate(model.to_string(i) for i in range(model.cfg.d_vocab))}
+    # sae-vis inserts token strings with d3's .html() (and un-escapes &lt; first): numeric references survive that and show as text
+    vocab = {i: entity_escape(s) for i, s in enumerate(model.to_string(i) for i in range(model.cfg.d_vocab))}
     vocab_dict = dict(embed=vocab, unembed=vocab, probes={0: '+ direction', 1: '− direction', **{i: '(none)' for i in range(2, _PROBE_ROWS)}})
     with saevis_adapter(sae), torch.no_grad():
         vcfg = SaeVisConfig(features=fs, minibatch_size_tokens=minibatch_size_tokens)
@@ -399,7 +413,7 @@ def saevis_dashboard(model, sae, features: Sequence[int], tokens: torch.Tensor,
         svd = SaeVisData.create(sae=sae, model=hm, tokens=tokens, cfg=vcfg,
                                 linear_probes=lp, vocab_dict=vocab_dict, verbose=False)
         import tempfile, os
-        with tempfile.TemporaryDirectory() as tmp:
+        with tempfile.TemporaryDirectory() as tmp, _saevis_script_safe():
             f = os.path.join(tmp, 'vis.html'); svd.save_feature_centric_vis(f, feature=fs[0]); page = Path(f).read_text()
     cdn = '<script src="https://cdn.plot.ly/plotly-latest.min.js"></script>'
     if offline == 'inline':
@@ -411,11 +425,35 @@ def saevis_dashboard(model, sae, features: Sequence[int], tokens: torch.Tensor,
     d3 = find_d3() if d3_js == 'auto' else (Path(d3_js) if d3_js is not None else None)
     d3_tag = '<script src="https://d3js.org/d3.v6.min.js"></script>'
     if d3 is not None and offline == 'directory' and path is not None:
-        shutil.copy2(d3, Path(path).parent / 'd3.v6.min.js')
+        ensure_file(Path(path).parent / 'd3.v6.min.js', d3.read_bytes())
         page = page.replace(d3_tag, '<script src="d3.v6.min.js"></script>')
     elif d3 is not None: page = page.replace(d3_tag, f'<script>{d3.read_text()}</script>')
-    if path is not None: Path(path).parent.mkdir(parents=True, exist_ok=True); Path(path).write_text(page)
+    if path is not None: atomic_write(path, page)
     return page
+
+class _SafeJSONModule:
+    "Stands in for `json` inside sae-vis's page writer: `dumps` gives `script_json` (so token strings cannot close its `<script>`)."
+    def __getattr__(self, k): return getattr(json, k)
+    @staticmethod
+    def dumps(obj, **kw): return script_json(obj, **kw)
+
+@contextlib.contextmanager
+def _saevis_script_safe():
+    "sae-vis 0.3.7 writes its data with plain `json.dumps` inside `<script>`: swap in `script_json` while it writes."
+    import sae_vis.data_storing_fns as dsf
+    old = dsf.json; dsf.json = _SafeJSONModule()
+    try: yield
+    finally: dsf.json = old
+
+@contextlib.contextmanager
+def _circuitsvis_script_safe():
+    "circuitsvis writes its props with plain `json.dumps` inside `<script>`: swap in `script_json` while it renders."
+    import circuitsvis.utils.render as r
+    from circuitsvis.utils.convert_props import convert_prop_type
+    old = r.convert_props
+    r.convert_props = lambda props: script_json({k: convert_prop_type(v) for k, v in props.items() if v is not None})
+    try: yield
+    finally: r.convert_props = old
 
 def find_d3() -> Path | None:
     "A local d3 v6 for sae-vis pages: `$ACTLAB_D3_JS`, else the docs assets' `docs_src/node_modules/d3/dist/d3.min.js`; None if neither."
@@ -424,11 +462,10 @@ def find_d3() -> Path | None:
         if c and Path(c).is_file(): return Path(c)
     return None
 
-def _write_plotlyjs(folder: Path):
+def _write_plotlyjs(folder: Path) -> Path:
+    "`folder/plotly.min.js`, checked by size and SHA-256 (a truncated copy, e.g. after a full disk, is rewritten), written atomically."
     from plotly.offline import get_plotlyjs
-    folder.mkdir(parents=True, exist_ok=True)
-    f = folder / 'plotly.min.js'
-    if not f.exists(): f.write_text(get_plotlyjs())
+    return ensure_file(Path(folder) / 'plotly.min.js', get_plotlyjs())
 
 def iframe(page: str, height: int = 700):
     "An HTML page shown inline (an iframe with `srcdoc`), e.g. a sae-vis dashboard."
@@ -448,7 +485,8 @@ def attention_html(model, tokens: torch.Tensor, heads: Sequence[tuple[int, int]]
     _, cache = model.run_with_cache(tokens, names_filter=lambda n: n.endswith('hook_pattern'))
     pat = torch.stack([cache['pattern', l][0, h] for l, h in heads])
     strs = [model.to_string(int(t)) for t in tokens[0]]
-    return cv.attention.attention_heads(attention=pat, tokens=strs, attention_head_names=[f'L{l}H{h}' for l, h in heads]).local_src
+    with _circuitsvis_script_safe():
+        return cv.attention.attention_heads(attention=pat, tokens=strs, attention_head_names=[f'L{l}H{h}' for l, h in heads]).local_src
 
 @torch.no_grad()
 def logprobs_html(model, tokens: torch.Tensor, top_k: int = 5) -> str:
@@ -456,7 +494,9 @@ def logprobs_html(model, tokens: torch.Tensor, top_k: int = 5) -> str:
     import circuitsvis as cv
     tokens = tokens.reshape(-1)
     lp = model(tokens[None]).log_softmax(-1)[0]
-    return cv.logits.token_log_probs(tokens, lp, to_string=lambda i: model.to_string(int(i)), top_k=top_k).local_src
+    with _circuitsvis_script_safe():
+        # circuitsvis shows these strings with innerHTML: escape them so they are shown, never parsed
+        return cv.logits.token_log_probs(tokens, lp, to_string=lambda i: html.escape(model.to_string(int(i))), top_k=top_k).local_src
 
 # %% ../nbs/10_dashboards.ipynb #b21efc3c
 def build_dashboard_html(out_dir: str | Path,
@@ -481,8 +521,9 @@ def build_dashboard_html(out_dir: str | Path,
     def fig_page(name, figs, title):
         p = out / f'{name}.html'
         body = ''.join(f.to_html(include_plotlyjs=False, full_html=False) for f in figs)
-        p.write_text(f'<!doctype html><html><head><meta charset="utf-8"><title>{title}</title><script src="plotly.min.js"></script>'
-                     f'</head><body class="actlab-dashboard"><h1>{title}</h1>{body}</body></html>')
+        t = html.escape(title)
+        atomic_write(p, f'<!doctype html><html><head><meta charset="utf-8"><title>{t}</title><script src="plotly.min.js"></script>'
+                        f'</head><body class="actlab-dashboard"><h1>{t}</h1>{body}</body></html>')
         files[name] = p
     _write_plotlyjs(out)
     sup, junk = suppressed_features(data.fa), junk_features(data.fa, where='any' if data.fa.clean_any is not None else 'answer')
@@ -499,10 +540,10 @@ def build_dashboard_html(out_dir: str | Path,
     g = pairs.filter(corruption_type=data.families[-1]).groups()[-1]
     heads = top_heads(data.head_table, 3)
     for name, page in (('attention', attention_html(model, g.tokens('corrupted')[0], heads)), ('logprobs', logprobs_html(model, g.tokens('corrupted')[0]))):
-        (out / f'{name}.html').write_text(f'<!doctype html><html><head><meta charset="utf-8"></head><body>{page}</body></html>')
+        atomic_write(out / f'{name}.html', f'<!doctype html><html><head><meta charset="utf-8"></head><body>{page}</body></html>')
         files[name] = out / f'{name}.html'
-    links = ''.join(f'<li><a href="{p.name}">{n}</a></li>' for n, p in files.items())
-    (out / 'index.html').write_text(f'<!doctype html><html><head><meta charset="utf-8"><title>actlab dashboards</title></head>'
+    links = ''.join(f'<li><a href="{html.escape(p.name, quote=True)}">{html.escape(n)}</a></li>' for n, p in files.items())
+    atomic_write(out / 'index.html', f'<!doctype html><html><head><meta charset="utf-8"><title>actlab dashboards</title></head>'
                                     f'<body><h1>actlab dashboards</h1><ul>{links}</ul></body></html>')
     files['index'] = out / 'index.html'
     return files

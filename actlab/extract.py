@@ -23,7 +23,7 @@ from .store import StoreWriter, ActivationStore, StoreError, to_arrow, LABEL_COL
 
 # %% auto #0
 __all__ = ['HEAD_HOOKS', 'NO_POS_HOOKS', 'run', 'HookNameError', 'Site', 'check_sites', 'recipe_sites', 'rescue_table',
-           'top_sites', 'ExtractConfig', 'worker_rows', 'pairs_digest', 'model_identity', 'extract',
+           'top_sites', 'ExtractConfig', 'worker_rows', 'pairs_digest', 'model_arch', 'model_identity', 'extract',
            'pairs_digest_labels']
 
 # %% ../nbs/06_extract.ipynb #0d2af021
@@ -166,6 +166,7 @@ class ExtractConfig(Config):
         check(self.dtype in ('float32', 'float16'), f"dtype must be 'float32' or 'float16', got {self.dtype!r}")
         check(self.on_nonfinite in ('count', 'raise'), f"on_nonfinite must be 'count' or 'raise', got {self.on_nonfinite!r}")
         check(self.batch_size >= 1 and self.rows_per_shard >= 1, "batch_size and rows_per_shard must be >= 1")
+        check(self.pilot_max_examples >= 1, f"pilot_max_examples must be >= 1, got {self.pilot_max_examples}")
         check(self.num_shards >= 1 and 0 <= self.shard_index < self.num_shards,
               f"shard_index must be in 0..num_shards-1, got {self.shard_index} of {self.num_shards}")
 
@@ -223,12 +224,24 @@ def pairs_digest(df: pd.DataFrame) -> str:
     cols = [c for c in ('example_id', 'prompt_clean', 'prompt_corrupted', 'answer_id', 'distractor_id') if c in df]
     return hashlib.sha256(pd.util.hash_pandas_object(df[cols], index=False).values.tobytes()).hexdigest()[:16]
 
+# HookedTransformerConfig fields that do not change what a forward pass computes from given weights (devices, hook switches, init)
+_NOT_ARCH = {'device', 'n_devices', 'seed', 'init_weights', 'init_mode', 'initializer_range', 'use_attn_result', 'use_split_qkv_input',
+             'use_hook_mlp_in', 'use_attn_in', 'use_hook_tokens', 'checkpoint_index', 'checkpoint_label_type', 'checkpoint_value',
+             'model_name', 'tokenizer_name', 'from_checkpoint', 'n_params'}
+
+def model_arch(model) -> dict:
+    "The model's architecture: its `HookedTransformerConfig` as plain JSON values, without device, init and hook switches."
+    c = model.cfg
+    d = c.to_dict() if hasattr(c, 'to_dict') else dict(vars(c))
+    return json.loads(json.dumps({k: v for k, v in sorted(d.items()) if k not in _NOT_ARCH}, default=str))
+
 def model_identity(model, name: str | None = None) -> dict:
-    "Name, weights hash and shape of a HookedTransformer."
+    "Name, weights hash, shape and full architecture config of a HookedTransformer (an edited `act_fn` is another model)."
     c, h = model.cfg, state_dict_hash(model.state_dict())
     known = getattr(model, 'actlab_identity', None) or {}  # set by actlab.models loaders
     return dict(name=name or known.get('name') or c.model_name, weights_hash=h, path=known.get('path'),
-                cfg={k: getattr(c, k) for k in ('n_layers', 'd_model', 'n_heads', 'd_head', 'd_mlp', 'd_vocab', 'n_ctx')})
+                cfg={k: getattr(c, k) for k in ('n_layers', 'd_model', 'n_heads', 'd_head', 'd_mlp', 'd_vocab', 'n_ctx')},
+                arch=model_arch(model))
 
 def _tokenize(tokenizer, texts: Sequence[str], n_tokens: int) -> Int[Tensor, 'batch n_tokens']:
     "Batch-tokenize `texts` with a BOS in front (as `PairSet.tokens`); all must be `n_tokens` long."
@@ -249,7 +262,7 @@ def _labels_frame(df: pd.DataFrame, labels: pd.DataFrame | None) -> pd.DataFrame
     out = pd.DataFrame(index=df.index)
     out['logit_diff_clean'] = np.nan; out['logit_diff_corrupted'] = np.nan
     out['survives'] = pd.array([pd.NA] * len(df), dtype='boolean')
-    out['rescue_score'] = np.nan; out['best_patch_site'] = ''; out['failure_class'] = ''
+    out['rescue_score'] = np.nan; out['best_patch_site'] = ''; out['failure_class'] = ''; out['nonfinite'] = False
     if labels is None: return out
     if 'example_id' not in labels: raise ValueError("labels must have an 'example_id' column")
     if labels.example_id.duplicated().any(): raise ValueError("labels has duplicated example_id values")
@@ -263,6 +276,11 @@ def _labels_frame(df: pd.DataFrame, labels: pd.DataFrame | None) -> pd.DataFrame
     if 'logit_diff_corrupted' in lab and 'survives' not in lab:
         ld = out.logit_diff_corrupted.to_numpy(float)
         out['survives'] = pd.array(np.where(np.isnan(ld), None, ld > 0), dtype='boolean')
+    ldc, ldx = out.logit_diff_clean.to_numpy(float), out.logit_diff_corrupted.to_numpy(float)
+    bad = (np.isinf(ldc) | np.isinf(ldx)) | (np.isnan(ldx) & ~out.survives.isna().to_numpy())  # a label made from a non-finite metric
+    out['nonfinite'] = bad
+    if bad.any():  # never a class: survives unknown, no failure class
+        out.loc[bad, 'survives'] = pd.NA; out.loc[bad, 'failure_class'] = ''
     return out
 
 def extract(model,  # a HookedTransformer
@@ -274,6 +292,8 @@ def extract(model,  # a HookedTransformer
             study_config: Config | dict | None = None,  # the whole study config, recorded in the manifest
             overwrite: bool = False) -> ActivationStore:  # replace a store made with another config instead of refusing
     "Stream activations at `cfg.hooks` (with labels) for this worker's share of `pairs` into the store at `path`."
+    check(len(pairs) > 0, "extract: the pair set is empty (no prompt pairs); check the task config's families, suffix_lengths and n_per_cell, "
+                          "or the filter that made it")
     full = cfg.mode == 'full'
     if full: check(len(pairs) <= cfg.pilot_max_examples, f"mode='full' caches every hook; {len(pairs)} pairs is more than "
                    f"pilot_max_examples={cfg.pilot_max_examples}: use mode='selective' with chosen hooks, or raise the limit")
@@ -316,6 +336,7 @@ def extract(model,  # a HookedTransformer
     check(len(rows) > 0, f"worker {cfg.shard_index} of {cfg.num_shards} gets no examples out of {len(pairs)}; use fewer workers")
     meta = pd.concat([rows, _labels_frame(rows, labels)], axis=1)
     meta['n_tokens'] = meta.seq_len.to_numpy() + 1
+    meta['nonfinite'] = meta['nonfinite'].astype(bool)
     schema = pa.Schema.from_pandas(meta, preserve_index=False)
 
     # 3. the writer: refuses another config, resumes the same one
@@ -366,7 +387,17 @@ def extract(model,  # a HookedTransformer
             bar.update(len(bi))
         if need_logits:
             m['logit_diff_clean'], m['logit_diff_corrupted'] = ld['clean'], ld['corrupted']
-            m['survives'] = pd.array(ld['corrupted'] > 0, dtype='boolean')
+            m['survives'] = pd.array(np.where(np.isfinite(ld['corrupted']), ld['corrupted'] > 0, None), dtype='boolean')
+        # the `nonfinite` flag: a row with a NaN/inf activation or logit difference gets no label (never a class)
+        rowbad = m['nonfinite'].to_numpy(bool).copy()
+        for x in out.values(): rowbad |= ~np.isfinite(x.reshape(len(m), -1)).all(1)
+        for c in ('logit_diff_clean', 'logit_diff_corrupted'):
+            v = m[c].to_numpy(float)
+            if need_logits: rowbad |= ~np.isfinite(v)
+        m['nonfinite'] = rowbad
+        if rowbad.any():
+            m['survives'] = pd.array(np.where(rowbad, None, m['survives'].to_numpy(dtype=object, na_value=None)), dtype='boolean')
+            m.loc[rowbad, 'failure_class'] = ''
         nonfinite = {c: int((~np.isfinite(x)).sum()) for c, x in out.items()}
         bad = {c: v for c, v in nonfinite.items() if v}
         if bad and cfg.on_nonfinite == 'raise':
@@ -377,7 +408,7 @@ def extract(model,  # a HookedTransformer
         if cfg.positions == 'all':
             table = table.append_column('token_mask', to_arrow(np.arange(max_len)[None, :] < m.n_tokens.to_numpy()[:, None]))
         for c, x in out.items(): table = table.append_column(c, to_arrow(x))
-        return table, nonfinite
+        return table, dict(nonfinite, _rows=int(rowbad.sum()))
 
     # A pipeline: while shard j runs through the model, a background thread writes shard j-1 and another tokenizes the
     # next batches (up to the end of shard j+1). At most one write is in flight, so memory holds at most two shards'
@@ -393,8 +424,11 @@ def extract(model,  # a HookedTransformer
                 if i + 1 < len(todo): nxt = prepare(todo[i + 1])  # queued behind this shard's batches
                 table, nonfinite = shard_table(j, *cur)
                 if pending is not None: pending.result()
-                pending = pool.submit(writer.write_shard, j, table, nonfinite=nonfinite)
+                nf_rows = nonfinite.pop('_rows')
+                pending = pool.submit(writer.write_shard, j, table, nonfinite=nonfinite, nonfinite_rows=nf_rows)
         if pending is not None: pending, last = None, pending; last.result()
+    except BaseException:
+        writer.release(); raise  # the lock goes with this call (a rerun resumes and takes it again)
     finally:
         bar.close()
         if pending is not None:  # leaving on an error: let the shard in flight land (or fail) first
@@ -404,7 +438,9 @@ def extract(model,  # a HookedTransformer
     if any(totals.values()):
         import warnings
         warnings.warn(f"non-finite activation values stored: { {c: v for c, v in totals.items() if v} } (see manifest 'nonfinite')")
-    writer.finish(nonfinite=totals)
+    nf_rows = sum(s.get('nonfinite_rows', 0) for s in writer.shards.values())
+    try: writer.finish(nonfinite=totals, nonfinite_rows=nf_rows)  # rows flagged `nonfinite`: excluded from every label
+    finally: writer.release()
     return ActivationStore(path)
 
 def pairs_digest_labels(labels: pd.DataFrame) -> str:

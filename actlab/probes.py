@@ -35,7 +35,11 @@ def group_index(groups: Sequence[Sequence[int]] | None, n_features: int) -> np.n
     if groups is None: return None
     gid = np.full(n_features, -1, dtype=np.int64)
     for g, idx in enumerate(groups):
-        idx = np.asarray(idx, dtype=np.int64).ravel()
+        raw = np.asarray(idx).ravel()
+        if raw.size and not (np.issubdtype(raw.dtype, np.integer) or (np.issubdtype(raw.dtype, np.floating) and np.all(raw == np.round(raw)))):
+            bad = raw[~(raw == np.round(raw.astype(float)))][:3] if np.issubdtype(raw.dtype, np.number) else raw[:3]
+            raise ValueError(f"group {g} has non-integer feature indices {bad.tolist()}; give integer column indices")
+        idx = raw.astype(np.int64)
         if idx.size == 0: raise ValueError(f"group {g} is empty; every group needs at least one feature index")
         if idx.min() < 0 or idx.max() >= n_features:
             raise ValueError(f"group {g} has indices outside 0..{n_features - 1} (X has {n_features} features); "

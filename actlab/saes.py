@@ -15,15 +15,15 @@ import torch
 from tqdm.auto import tqdm
 from sae_lens import SAE, SAETrainer
 from sae_lens.config import SAETrainerConfig, LoggingConfig
-from .core import Config, ConfigError, check
+from .core import Config, ConfigError, check, check_device, atomic_write, atomic_write_json
 
 # %% auto #0
 __all__ = ['ARCHITECTURES', 'SUBSETS', 'SAETrainConfig', 'TensorProvider', 'StoreProvider', 'IterableProvider', 'as_provider',
-           'write_store', 'make_training_sae', 'NonFiniteLossError', 'LocalSAETrainer', 'TrainResult', 'train_sae',
-           'read_history', 'plot_history', 'load_sae', 'splice', 'sae_metrics', 'plot_feature_density',
-           'splice_metrics', 'logit_diff_recovery', 'recovery_table', 'plot_recovery', 'as_sae_transformer',
-           'saelens_cross_check', 'synthetic_model', 'synthetic_store', 'ground_truth_eval', 'plot_feature_similarity',
-           'SweepConfig', 'failure_signs', 'sweep', 'plot_pareto']
+           'write_store', 'make_training_sae', 'NonFiniteLossError', 'CheckpointError', 'UnsafeCheckpointError',
+           'read_checkpoint', 'LocalSAETrainer', 'TrainResult', 'train_sae', 'read_history', 'plot_history', 'load_sae',
+           'splice', 'sae_metrics', 'plot_feature_density', 'splice_metrics', 'logit_diff_recovery', 'recovery_table',
+           'plot_recovery', 'as_sae_transformer', 'saelens_cross_check', 'synthetic_model', 'synthetic_store',
+           'ground_truth_eval', 'plot_feature_similarity', 'SweepConfig', 'failure_signs', 'sweep', 'plot_pareto']
 
 # %% ../nbs/08_saes.ipynb #d48d8520
 ARCHITECTURES = {'standard': 'standard', 'gated': 'gated', 'topk': 'topk', 'batchtopk': 'batchtopk',
@@ -69,6 +69,14 @@ class SAETrainConfig(Config):
         check(self.checkpoint_every >= 0 and self.keep_checkpoints >= 1, "checkpoint_every must be >= 0 and keep_checkpoints >= 1")
         check(self.norm_rows >= 1, f"norm_rows must be >= 1, got {self.norm_rows}")
         check(0 < self.dense_threshold <= 1, f"dense_threshold must be in (0, 1], got {self.dense_threshold}")
+        check(self.dead_feature_window >= 1 and self.feature_sampling_window >= 1,
+              f"dead_feature_window and feature_sampling_window must be >= 1 (steps), got {self.dead_feature_window}, {self.feature_sampling_window}")
+        for k in ('lr_warm_up_steps', 'lr_decay_steps', 'l1_warm_up_steps'):
+            check(getattr(self, k) >= 0, f"{k} must be >= 0 (steps), got {getattr(self, k)}")
+        for k in ('l1_coefficient', 'l0_coefficient'):
+            check(math.isfinite(getattr(self, k)) and getattr(self, k) >= 0, f"{k} must be a number >= 0, got {getattr(self, k)}")
+        check(math.isfinite(self.lr), f"lr must be a finite number, got {self.lr}")
+        check_device(self.device, available=False, where='device')
         self.matryoshka_widths = tuple(int(w) for w in self.matryoshka_widths)
         if self.architecture == 'matryoshka':
             w = self.matryoshka_widths or (max(1, self.d_sae // 4), max(2, self.d_sae // 2), self.d_sae)
@@ -291,6 +299,46 @@ def make_training_sae(cfg: SAETrainConfig,
 class NonFiniteLossError(FloatingPointError):
     "The training loss became NaN or infinite; the run stopped and its last good checkpoint is kept."
 
+class CheckpointError(RuntimeError):
+    "A checkpoint folder is damaged (missing, truncated or unreadable files) or holds something other than tensors and JSON."
+
+class UnsafeCheckpointError(CheckpointError):
+    "A checkpoint file would need arbitrary unpickling (objects other than tensors and plain containers): it is never run."
+
+_CKPT_FILES = ('cfg.json', 'sae_weights.safetensors', 'trainer_state.pt', 'activation_scaler.json', 'actlab_state.safetensors', 'actlab_state.json')
+
+def _safe_torch_load(path: Path, device='cpu'):
+    "`torch.load` restricted to tensors and plain containers (`weights_only=True`): a planted pickle raises, it never runs."
+    import pickle
+    try: return torch.load(path, map_location=device, weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise UnsafeCheckpointError(f"refusing to load {path}: it holds objects other than tensors (a planted or foreign pickle; "
+                                    f"{str(e).splitlines()[0][:120]}). Delete that checkpoint folder, or train with overwrite=True") from None
+    except Exception as e:
+        raise CheckpointError(f"{path} is unreadable ({type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''})") from None
+
+def read_checkpoint(path: str | Path, device='cpu') -> dict:
+    "Read and check every file of a checkpoint folder into memory (nothing unpickled beyond tensors); `CheckpointError` if one is damaged."
+    from safetensors.torch import load_file
+    path = Path(path)
+    missing = [f for f in _CKPT_FILES if not (path / f).is_file()]
+    if missing: raise CheckpointError(f"checkpoint {path} is incomplete: missing {missing}")
+    out = {}
+    for name, read in (('cfg', lambda: json.loads((path / 'cfg.json').read_text())),
+                       ('weights', lambda: load_file(path / 'sae_weights.safetensors', device='cpu')),
+                       ('scaler', lambda: json.loads((path / 'activation_scaler.json').read_text())),
+                       ('rng', lambda: load_file(path / 'actlab_state.safetensors')['rng']),
+                       ('state', lambda: json.loads((path / 'actlab_state.json').read_text()))):
+        try: out[name] = read()
+        except Exception as e:
+            raise CheckpointError(f"checkpoint {path} is damaged: {name} unreadable ({type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''})") from None
+    out['trainer'] = _safe_torch_load(path / 'trainer_state.pt', device)
+    if not isinstance(out['trainer'], dict) or not {'optimizer', 'n_training_steps'} <= set(out['trainer']):
+        raise CheckpointError(f"checkpoint {path} is damaged: trainer_state.pt lacks the optimizer state")
+    if out['rng'].dtype != torch.uint8 or not isinstance(out['state'], dict) or 'n_history' not in out['state']:
+        raise CheckpointError(f"checkpoint {path} is damaged: actlab_state is not what train_sae writes")
+    return out
+
 _RENAME = {'losses/overall_loss': 'loss', 'details/current_learning_rate': 'lr', 'details/n_training_samples': 'samples',
            'sparsity/dead_features': 'dead_features', 'sparsity/mean_passes_since_fired': 'mean_passes_since_fired'}
 
@@ -321,6 +369,12 @@ class LocalSAETrainer(SAETrainer):
         from unittest import mock
         import sae_lens.training.activation_scaler as scaler_module
         x = self.provider.sample(self.tcfg.norm_rows)
+        if not bool(torch.isfinite(x).all()):
+            raise ValueError(f"the training data holds NaN/inf values ({int((~torch.isfinite(x)).sum())} in {len(x)} sampled rows): "
+                             "clean the activations (the store manifest counts non-finite values) or filter those rows out")
+        if not bool((x != 0).any()):
+            raise ValueError(f"the training data is all zeros ({len(x)} sampled rows): nothing to normalize or learn; check the hook point "
+                             "and the store column (e.g. a zero-ablated or padded site)")
         chunks = list(x.split(self.tcfg.batch_size))
         with (mock.patch.object(scaler_module, 'tqdm', lambda it, **kw: it) if not progress else mock.MagicMock()):
             self.activation_scaler.estimate_scaling_factor(d_in=self.sae.cfg.d_in, data_provider=iter(chunks),
@@ -337,21 +391,35 @@ class LocalSAETrainer(SAETrainer):
         tmp = base / f'.tmp_{name}'
         shutil.rmtree(tmp, ignore_errors=True)
         self.save_checkpoint(tmp.name, base_path=base)
-        torch.save(dict(rng=torch.get_rng_state(), n_history=len(self.history), step=self.n_training_steps), tmp / 'actlab_state.pt')
+        from safetensors.torch import save as st_save
+        atomic_write(tmp / 'actlab_state.safetensors', st_save({'rng': torch.get_rng_state()}))  # tensors as safetensors, the rest as JSON:
+        atomic_write_json(tmp / 'actlab_state.json', dict(n_history=len(self.history), step=self.n_training_steps))  # nothing to unpickle
         final = base / name
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
         for old in self.checkpoints()[:-self.tcfg.keep_checkpoints]: shutil.rmtree(old, ignore_errors=True)
         return final
 
+    def load_trainer_state(self, checkpoint_path: Path | str) -> None:
+        "SAELens's `load_trainer_state`, with `torch.load(weights_only=True)` made explicit (no arbitrary unpickling)."
+        checkpoint_path = Path(checkpoint_path)
+        self.activation_scaler.load(checkpoint_path / 'activation_scaler.json')
+        st = _safe_torch_load(checkpoint_path / 'trainer_state.pt', self.cfg.device)
+        self.optimizer.load_state_dict(st['optimizer']); self.lr_scheduler.load_state_dict(st['lr_scheduler'])
+        for k in ('n_training_samples', 'n_training_steps', 'act_freq_scores', 'n_forward_passes_since_fired', 'n_frac_active_samples',
+                  'started_fine_tuning'): setattr(self, k, st[k])
+        for name, sd in st['coefficient_schedulers'].items(): self.coefficient_schedulers[name].load_state_dict(sd)
+
     def resume(self, path: Path):
+        "Continue from checkpoint `path` (every file checked first by `read_checkpoint`: a damaged one changes nothing)."
+        ck = read_checkpoint(path, self.cfg.device)
         self.sae.load_weights_from_checkpoint(path)
         self.load_trainer_state(path)
-        st = torch.load(path / 'actlab_state.pt', weights_only=False)
-        torch.set_rng_state(st['rng'])
+        st = ck['state']
+        torch.set_rng_state(ck['rng'])
         mpath = self.run_dir / 'metrics.jsonl'
         lines = mpath.read_text().splitlines()[:st['n_history']] if mpath.exists() else []
-        mpath.write_text(''.join(l + '\n' for l in lines))
+        atomic_write(mpath, ''.join(l + '\n' for l in lines))
         self.history = [json.loads(l) for l in lines]
 
     # --- metrics
@@ -460,7 +528,10 @@ def train_sae(cfg: SAETrainConfig,
     if run_dir is not None:
         cpath = run_dir / 'config.json'
         if cpath.exists():
-            old = json.loads(cpath.read_text())
+            try: old = json.loads(cpath.read_text())
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                if not overwrite: raise ConfigError(f"{cpath} is damaged (not JSON); pass overwrite=True to start {run_dir} over, or use another run_dir") from None
+                old = None
             if overwrite: shutil.rmtree(run_dir)
             elif not resume:
                 raise FileExistsError(f"{run_dir} already holds a run: pass resume=True to continue it, overwrite=True to replace "
@@ -472,16 +543,20 @@ def train_sae(cfg: SAETrainConfig,
         run_dir.mkdir(parents=True, exist_ok=True)
         if not cpath.exists():
             (run_dir / 'metrics.jsonl').unlink(missing_ok=True)
-            cpath.write_text(json.dumps(_jsonable(desc), indent=2))
+            atomic_write_json(cpath, _jsonable(desc))
     sae = make_training_sae(cfg, d_in, hook_name, model, getattr(provider, 'hook_head_index', None), provider.describe())
     trainer = LocalSAETrainer(cfg, sae, provider, run_dir)
     if resume and run_dir is not None:
         if (run_dir / 'sae' / 'cfg.json').exists() and (run_dir / 'done.json').exists():
             hist = read_history(run_dir)
             return TrainResult(SAE.load_from_disk(run_dir / 'sae', device=cfg.device), hist, run_dir, True, trainer)
-        cks = trainer.checkpoints()
-        if cks: trainer.resume(cks[-1])
-        else: (run_dir / 'metrics.jsonl').unlink(missing_ok=True)  # nothing to resume from: start over
+        cks, resumed = trainer.checkpoints(), False
+        for ck in reversed(cks):  # newest first; a damaged one (e.g. truncated by a kill) falls back to the one before
+            try: trainer.resume(ck); resumed = True; break
+            except UnsafeCheckpointError: raise
+            except CheckpointError as e:
+                warnings.warn(f"{e}; falling back to an older checkpoint" if ck != cks[0] else f"{e}; no older checkpoint: starting over")
+        if not resumed: (run_dir / 'metrics.jsonl').unlink(missing_ok=True)  # nothing to resume from: start over
     if live_plot:
         from IPython.display import display
         handle = display(plot_history(pd.DataFrame(trainer.history or [{'step': 0}])), display_id=True)
@@ -498,11 +573,14 @@ def train_sae(cfg: SAETrainConfig,
     if not finished: return TrainResult(trainer.sae, hist, run_dir, False, trainer)
     trainer.finish()
     out = run_dir / 'sae' if run_dir is not None else Path(tempfile.mkdtemp()) / 'sae'
+    tmp_out = out.with_name(f'.{out.name}.tmp')  # written beside, then renamed: never half an SAE folder
+    shutil.rmtree(tmp_out, ignore_errors=True)
+    trainer.sae.save_inference_model(tmp_out)
     if out.exists(): shutil.rmtree(out)
-    trainer.sae.save_inference_model(out)
+    os.replace(tmp_out, out)
     sae_inf = SAE.load_from_disk(out, device=cfg.device)
     if run_dir is None: shutil.rmtree(out.parent, ignore_errors=True)
-    else: (run_dir / 'done.json').write_text(json.dumps(dict(steps=trainer.n_training_steps, samples=trainer.n_training_samples)))
+    else: atomic_write_json(run_dir / 'done.json', dict(steps=trainer.n_training_steps, samples=trainer.n_training_samples))
     return TrainResult(sae_inf, hist, run_dir, True, trainer)
 
 def read_history(run_dir: str | Path) -> pd.DataFrame:
@@ -541,7 +619,13 @@ def load_sae(path: str | Path,  # a run folder, its sae/ folder, or (with sae_id
     path = Path(path)
     if (path / 'sae' / 'cfg.json').exists(): path = path / 'sae'
     if not (path / 'cfg.json').exists(): raise FileNotFoundError(f"{path} holds no SAE (no cfg.json); give a run folder or its sae/ folder")
-    return SAE.load_from_disk(path, device=device)
+    try: json.loads((path / 'cfg.json').read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{path / 'cfg.json'} is damaged (not JSON: {e}); retrain the SAE (train_sae(..., overwrite=True))") from None
+    try: return SAE.load_from_disk(path, device=device)
+    except Exception as e:
+        raise CheckpointError(f"the SAE in {path} cannot be loaded ({type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}); "
+                              "its cfg.json or weights are damaged: retrain it (train_sae(..., overwrite=True))") from None
 
 def splice(model, sae):
     "`model` (a HookedSAETransformer) with `sae` attached at its hook point (SAELens's `add_sae`); checks the width."

@@ -4,7 +4,7 @@
 
 # %% ../nbs/05_store.ipynb #33f7376f
 from __future__ import annotations
-import errno, hashlib, json, math, os, shutil, datetime, warnings
+import errno, hashlib, json, math, os, shutil, socket, datetime, warnings
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
@@ -15,12 +15,12 @@ import pyarrow.parquet as pq
 import torch
 from jaxtyping import Float
 from torch import Tensor
-from .core import package_versions
+from .core import package_versions, file_sha256, atomic_write_json
 
 # %% auto #0
 __all__ = ['STORE_FORMAT', 'LABEL_COLUMNS', 'FAILURE_CLASSES', 'Where', 'StoreError', 'StoreConfigError', 'StoreWriteError',
-           'shard_name', 'to_arrow', 'from_arrow', 'config_diff', 'StoreWriter', 'ActivationDataset', 'ActivationStore',
-           'combine']
+           'StoreLockedError', 'StoreDamagedError', 'shard_name', 'to_arrow', 'from_arrow', 'config_diff',
+           'StoreWriter', 'ActivationDataset', 'ActivationStore', 'combine']
 
 # %% ../nbs/05_store.ipynb #4a8e3dc1
 STORE_FORMAT = 'actlab-store/1'
@@ -33,6 +33,10 @@ class StoreConfigError(StoreError):
     "The store at this path was made with a different config: it is never silently mixed."
 class StoreWriteError(StoreError):
     "A shard could not be written (unwritable path, full disk); the store keeps every shard written before."
+class StoreLockedError(StoreError):
+    "Another live process is writing this store (its lock file names the pid)."
+class StoreDamagedError(StoreError):
+    "A shard is missing, extra, truncated or corrupt, or the manifest is unreadable; the message names the file and the repair."
 
 def shard_name(j: int, worker: int = 0, n_workers: int = 1) -> str:
     "File name of shard `j` written by `worker` of `n_workers`."
@@ -87,15 +91,69 @@ def _manifest_update(folder: Path, **entries) -> Path:
     global _PACKAGES
     if _PACKAGES is None: _PACKAGES = package_versions()
     path = Path(folder) / 'manifest.json'
-    data = json.loads(path.read_text()) if path.exists() else {}
+    data = _read_manifest(path) if path.exists() else {}
     data.update(entries, packages=_PACKAGES, written_at=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'))
     _json_replace(path, data)
     return path
 
 def _json_replace(path: Path, data: dict):
     "Write JSON to `path` atomically (temporary file, then `os.replace`)."
-    tmp = path.with_name(f'.{path.name}.tmp')
-    tmp.write_text(json.dumps(data, indent=2, default=str)); os.replace(tmp, path)
+    atomic_write_json(path, data)  # temporary file, fsync, os.replace
+
+def _read_manifest(path: Path) -> dict:
+    "The store manifest at `path` (manifest.json), or a `StoreDamagedError` saying it is empty or corrupt and how to repair it."
+    try: data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError, OSError) as e:
+        what = 'empty' if path.exists() and path.stat().st_size == 0 else f'corrupt ({type(e).__name__}: {str(e)[:80]})'
+        raise StoreDamagedError(f"the manifest {path} is {what}: the store cannot say which shards it holds. Run the same extraction "
+                                "again with overwrite=True to rebuild it (or restore manifest.json from a backup)") from None
+    if not isinstance(data, dict) or not isinstance(data.get('shards'), list) or 'columns' not in data:
+        raise StoreDamagedError(f"{path} is not an activation store manifest (no shard list / columns); run the same extraction again "
+                                "with overwrite=True to rebuild it")
+    return data
+
+def _pid_alive(pid: int) -> bool:
+    try: os.kill(int(pid), 0)
+    except ProcessLookupError: return False
+    except PermissionError: return True
+    except (ValueError, OverflowError, OSError): return False
+    return True
+
+def _acquire_lock(folder: Path) -> Path:
+    "Create `folder/.lock` (pid, host, time) exclusively; a live other writer is a `StoreLockedError`, a dead one's lock is stale and replaced."
+    lock = folder / '.lock'
+    me = dict(pid=os.getpid(), host=socket.gethostname(), since=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'))
+    for _ in range(3):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            with os.fdopen(fd, 'w') as f: json.dump(me, f)
+            return lock
+        except FileExistsError:
+            try: other = json.loads(lock.read_text())
+            except (OSError, ValueError): other = {}
+            pid, host = other.get('pid'), other.get('host')
+            if pid == me['pid'] and host == me['host']: return lock  # an earlier writer of this process (e.g. a retry after an error)
+            if host not in (None, me['host']):
+                raise StoreLockedError(f"{folder} is being written by pid {pid} on host {host} (lock {lock}, since {other.get('since')}); "
+                                       f"wait for it to finish, or delete {lock} if that run is gone") from None
+            if pid is not None and _pid_alive(pid):
+                raise StoreLockedError(f"{folder} is being written by another process (pid {pid}, since {other.get('since')}); "
+                                       f"wait for it to finish or stop it, or write to another path. (Lock file: {lock})") from None
+            warnings.warn(f"removing the stale lock of {folder}: its writer (pid {pid}) is no longer running")
+            lock.unlink(missing_ok=True)
+    raise StoreLockedError(f"could not lock {folder}: another writer keeps taking {lock}")
+
+def _release_lock(folder: Path):
+    lock = Path(folder) / '.lock'
+    try:
+        if json.loads(lock.read_text()).get('pid') == os.getpid(): lock.unlink()
+    except (OSError, ValueError): pass
+
+def _clear(folder: Path, keep=('.lock',)):
+    "Delete everything in `folder` except `keep`."
+    for p in folder.iterdir():
+        if p.name in keep: continue
+        shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
 
 def _writable(path: Path):
     try:
@@ -128,27 +186,37 @@ class StoreWriter:
                              rows_per_shard=self.rows_per_shard, worker=dict(index=self.worker[0], count=self.worker[1]),
                              columns=columns)
         self.digest = _digest(self.identity)
-        self._open(overwrite)
+        if self.path.exists() and not self.path.is_dir():
+            raise StoreWriteError(f"{self.path} is a file, not a folder; choose another path for the activation store")
+        _writable(self.path)
+        self.lock = _acquire_lock(self.path)  # one writer per folder: a second one is refused with the first one's pid
+        try: self._open(overwrite)
+        except BaseException: self.release(); raise
+
+    def release(self):
+        "Remove this process's lock file (done by `finish`; safe to call twice)."
+        _release_lock(self.path)
 
     def _open(self, overwrite: bool):
         mpath = self.path / 'manifest.json'
-        if self.path.exists() and not self.path.is_dir():
-            raise StoreWriteError(f"{self.path} is a file, not a folder; choose another path for the activation store")
-        if self.path.exists() and any(self.path.iterdir()):
+        if any(p.name != '.lock' for p in self.path.iterdir()):
             if not mpath.exists():
                 if not overwrite:
                     raise StoreConfigError(f"{self.path} is not empty and holds no activation store (no manifest.json); "
                                            "choose an empty or new folder, or pass overwrite=True to delete its contents")
-                shutil.rmtree(self.path)
+                _clear(self.path)
             else:
-                old = json.loads(mpath.read_text())
+                try: old = _read_manifest(mpath)
+                except StoreDamagedError:
+                    if not overwrite: raise
+                    old = {}
                 if old.get('content_digest') != self.digest:
                     if not overwrite:
                         diff = config_diff({k: old.get(k) for k in self.identity}, self.identity)
                         raise StoreConfigError(f"the store at {self.path} was made with a different config; refusing to mix. "
                                                "Differences (stored -> requested):\n  " + '\n  '.join(diff) +
                                                "\nUse a new path, or pass overwrite=True to delete the old store.")
-                    shutil.rmtree(self.path)
+                    _clear(self.path)
         _writable(self.data)
         for tmp in self.data.glob('.*.tmp'): tmp.unlink()  # half-written shards of a crashed run
         if not mpath.exists():
@@ -163,19 +231,31 @@ class StoreWriter:
 
     def _file(self, j: int) -> Path: return self.data / shard_name(j, *self.worker)
 
-    def _scan(self) -> dict[int, dict]:
-        "The complete shards on disk: index -> {'file', 'rows', ...} (manifest entries kept when present)."
-        old = {s['index']: s for s in json.loads((self.path / 'manifest.json').read_text()).get('shards', [])}
+    def _scan(self, checksums: bool = True) -> dict[int, dict]:
+        "The intact shards on disk: index -> {'file', 'rows', 'sha256', ...}; damaged ones are set aside to be written again."
+        old = {s.get('index'): s for s in _read_manifest(self.path / 'manifest.json')['shards']}
+        mine = {self._file(j).name for j in range(self.n_shards)}
+        foreign = sorted(p.name for p in self.data.glob('*.parquet') if p.name not in mine)
+        if foreign:
+            raise StoreDamagedError(f"{self.data} holds parquet file(s) that are not shards of this store: {foreign[:5]}; move them out "
+                                    "(the store reads only the shards its manifest lists)")
         out = {}
         for j in range(self.n_shards):
-            f = self._file(j)
-            if not f.exists(): continue
+            f, entry = self._file(j), old.get(j)
+            if not f.exists():
+                if entry is not None: warnings.warn(f"shard {f.name} of {self.path} is listed in its manifest but missing: re-extracting it")
+                continue
+            problem = None
             try: rows = pq.read_metadata(f).num_rows
-            except Exception as e:
-                raise StoreError(f"shard {f} is unreadable ({e}); delete it and run again to rewrite it") from e
-            if rows != len(self.rows_of(j)):
-                raise StoreError(f"shard {f} has {rows} rows, expected {len(self.rows_of(j))}; delete it and run again")
-            out[j] = old.get(j, dict(index=j, file=f'data/{f.name}', rows=rows))
+            except Exception as e: problem, rows = f'unreadable ({type(e).__name__}: {str(e)[:80]})', None
+            if problem is None and rows != len(self.rows_of(j)): problem = f'{rows} rows, expected {len(self.rows_of(j))}'
+            sha = file_sha256(f) if checksums or entry is None or 'sha256' not in (entry or {}) else entry['sha256']
+            if problem is None and entry is not None and entry.get('sha256') not in (None, sha): problem = 'checksum mismatch (corrupt bytes)'
+            if problem is not None:
+                warnings.warn(f"shard {f.name} of {self.path} is damaged ({problem}): it is set aside as .{f.name}.damaged and re-extracted")
+                os.replace(f, self.data / f'.{f.name}.damaged')
+                continue
+            out[j] = {**(entry or dict(index=j, file=f'data/{f.name}')), 'rows': rows, 'sha256': sha}
         return out
 
     def todo(self) -> list[int]:
@@ -188,7 +268,7 @@ class StoreWriter:
     def _update_manifest(self, **extra):
         "Record the shards on disk (cheap: package versions are written at creation and by `finish`)."
         mpath = self.path / 'manifest.json'
-        data = json.loads(mpath.read_text())
+        data = _read_manifest(mpath)
         data.update(shards=[self.shards[j] for j in sorted(self.shards)], complete=not self.todo(), **extra,
                     written_at=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'))
         _json_replace(mpath, data)
@@ -204,6 +284,7 @@ class StoreWriter:
         tmp = self.data / f'.{final.name}.tmp'
         try:
             _write_table(table, tmp)
+            sha = file_sha256(tmp)
             os.replace(tmp, final)
         except OSError as e:
             tmp.unlink(missing_ok=True)
@@ -211,7 +292,7 @@ class StoreWriter:
             raise StoreWriteError(f"could not write shard {j} to {final}: {what}. The store keeps its {len(self.shards)} "
                                   "complete shard(s); free space (or fix the folder) and run the same extraction again "
                                   "to resume.") from e
-        self.shards[j] = dict(index=j, file=f'data/{final.name}', rows=table.num_rows, **info)
+        self.shards[j] = dict(index=j, file=f'data/{final.name}', rows=table.num_rows, sha256=sha, **info)
         try: self._update_manifest()
         except OSError as e:  # the shard is complete on disk; the next open finds it even if the manifest lags
             raise StoreWriteError(f"shard {j} was written but the manifest of {self.path} could not be updated: "
@@ -219,9 +300,10 @@ class StoreWriter:
 
     def finish(self, **extra) -> Path:
         "Check every shard is on disk, mark the store complete (with `extra` manifest entries); return its path."
-        self.shards = self._scan()
-        if self.todo(): raise StoreError(f"cannot finish: shards {self.todo()} of {self.path} are missing")
+        self.shards = self._scan(checksums=False)
+        if self.todo(): raise StoreError(f"cannot finish: shards {self.todo()} of {self.path} are missing; run the same extraction again to write them")
         _manifest_update(self.path, shards=[self.shards[j] for j in sorted(self.shards)], complete=True, **extra)
+        self.release()
         return self.path
 
 # %% ../nbs/05_store.ipynb #d0493318
@@ -243,18 +325,67 @@ class ActivationStore:
         self.path = Path(path)
         mpath = self.path / 'manifest.json'
         if not mpath.exists(): raise StoreError(f"{self.path} is not an activation store (no manifest.json)")
-        self.manifest = json.loads(mpath.read_text())
+        self.manifest = _read_manifest(mpath)
         if not self.manifest.get('complete'):
             msg = (f"the store at {self.path} is incomplete ({len(self.manifest.get('shards', []))} shard(s) written): "
                    "run the same extraction again to resume it")
             if not allow_incomplete: raise StoreError(msg + ", or pass allow_incomplete=True to read what is there")
             warnings.warn(msg)
         self.columns: dict[str, dict] = self.manifest['columns']
-        self.files = sorted((self.path / 'data').glob('*.parquet'))
-        if not self.files: raise StoreError(f"the store at {self.path} has no shards")
+        self._check_shards(lagging_ok=not self.manifest.get('complete'))
         self._meta = None
 
-    def __len__(self): return sum(pq.read_metadata(f).num_rows for f in self.files)
+    def _repair(self) -> str:
+        return ("combine the worker stores again" if self.manifest.get('combined_from') else
+                "run the same extraction again: it resumes and re-extracts that shard")
+
+    def _check_shards(self, lagging_ok: bool = False):
+        "The shards the manifest lists, each present with its row count and the same schema; no other parquet files. Else one clear error."
+        entries = self.manifest['shards']
+        if not entries: raise StoreError(f"the store at {self.path} has no shards")
+        listed = {(self.path / s['file']).resolve(): s for s in entries}
+        extra = sorted(p.name for p in (self.path / 'data').glob('*.parquet') if p.resolve() not in listed)
+        if lagging_ok:  # an unfinished store: a shard just written may not be in the manifest yet; it is not read
+            lag = [n for n in extra if n.startswith('train-w') and n.endswith('.parquet')]
+            if lag: warnings.warn(f"{len(lag)} shard(s) of the unfinished store {self.path} are not in its manifest yet and are not read: {lag[:3]}")
+            extra = [n for n in extra if n not in lag]
+        if extra:
+            raise StoreDamagedError(f"the store at {self.path} holds parquet file(s) its manifest does not list: {extra[:5]}; they are "
+                                    "not part of it (foreign or duplicate): move them out of data/")
+        self.files, self._rows, schema = sorted(self.path / s['file'] for s in entries), [], None
+        for f in self.files:
+            s = listed[f.resolve()]
+            if not f.exists(): raise StoreDamagedError(f"shard {s['file']} of {self.path} is missing; {self._repair()}")
+            try: md = pq.read_metadata(f); sch = pq.read_schema(f)
+            except Exception as e:
+                raise StoreDamagedError(f"shard {s['file']} of {self.path} is truncated or corrupt ({type(e).__name__}); {self._repair()}") from None
+            if md.num_rows != s.get('rows', md.num_rows):
+                raise StoreDamagedError(f"shard {s['file']} of {self.path} has {md.num_rows} rows, its manifest says {s['rows']}; {self._repair()}")
+            if schema is None:
+                schema = sch
+                miss = [c for c in self.columns if c not in sch.names]
+                if miss: raise StoreDamagedError(f"shard {s['file']} of {self.path} lacks the activation column(s) {miss}; {self._repair()}")
+            elif sch.names != schema.names or any(not (a.type.equals(b.type) or pa.types.is_null(a.type) or pa.types.is_null(b.type))
+                                                   for a, b in zip(sch, schema) if a.name in self.columns or pa.types.is_fixed_size_list(a.type)):
+                raise StoreDamagedError(f"shard {s['file']} of {self.path} has another schema than {self.files[0].name} (columns "
+                                        f"{sch.names} vs {schema.names}); if set_labels was interrupted, call it again, else {self._repair()}")
+            self._rows.append(md.num_rows)
+        if self.manifest.get('complete') and 'n_rows' in self.manifest and sum(self._rows) != self.manifest['n_rows']:
+            raise StoreDamagedError(f"the store at {self.path} holds {sum(self._rows)} rows, its manifest says {self.manifest['n_rows']}; {self._repair()}")
+
+    def verify(self) -> dict:
+        "Check every shard's SHA-256 against the manifest (a full read); `StoreDamagedError` naming the first corrupt shard."
+        by_file = {(self.path / s['file']).resolve(): s for s in self.manifest['shards']}
+        checked, unchecked = 0, []
+        for f in self.files:
+            s = by_file[f.resolve()]
+            if 'sha256' not in s: unchecked.append(s['file']); continue
+            if file_sha256(f) != s['sha256']:
+                raise StoreDamagedError(f"shard {s['file']} of {self.path} is corrupt (its SHA-256 differs from the manifest's); {self._repair()}")
+            checked += 1
+        return dict(checked=checked, unchecked=unchecked)
+
+    def __len__(self): return sum(self._rows)
     def __repr__(self): return f"ActivationStore({str(self.path)!r}: {len(self)} rows, {len(self.files)} shards, columns {list(self.columns)})"
 
     @property
@@ -294,7 +425,7 @@ class ActivationStore:
         return m
 
     def _row_starts(self) -> np.ndarray:
-        return np.cumsum([0] + [pq.read_metadata(f).num_rows for f in self.files])
+        return np.cumsum([0] + list(self._rows))
 
     def _iter_column(self, column: str, where: Where = None, order: Sequence[int] | None = None,
                      with_mask: bool = False) -> Iterator:
@@ -404,38 +535,50 @@ class ActivationStore:
         bad = [c for c in columns if c in self.columns]
         if bad: raise StoreError(f"{bad} are activation columns; set_labels writes metadata columns only")
         lab = labels.set_index('example_id')
-        for f in self.files:
-            t = pq.read_table(f)
-            ids = t['example_id'].to_numpy()
-            for c in columns:
-                new = lab[c].reindex(ids)
-                if c in t.column_names:
-                    old = t[c].to_pandas()
-                    new = new.where(new.notna().to_numpy(), old.to_numpy()) if len(old) else new
-                    arr = pa.array(new.to_numpy(), type=t.schema.field(c).type, from_pandas=True)
-                    t = t.set_column(t.column_names.index(c), c, arr)
-                else: t = t.append_column(c, pa.array(new.to_numpy(), from_pandas=True))
-            tmp = f.parent / f'.{f.name}.tmp'
-            try: _write_table(t, tmp); os.replace(tmp, f)
-            except OSError as e:
-                tmp.unlink(missing_ok=True)
-                raise StoreWriteError(f"could not rewrite {f} with new labels: {e.strerror or e}; the shard is unchanged; "
-                                      "call set_labels again once fixed") from e
-        _manifest_update(self.path, labels_updated=sorted(set(self.manifest.get('labels_updated', [])) | set(columns)))
-        self.manifest = json.loads((self.path / 'manifest.json').read_text()); self._meta = None
+        shas = {}
+        try:
+            for f in self.files:
+                t = pq.read_table(f)
+                ids = t['example_id'].to_numpy()
+                for c in columns:
+                    new = lab[c].reindex(ids)
+                    if c in t.column_names:
+                        old = t[c].to_pandas()
+                        new = new.where(new.notna().to_numpy(), old.to_numpy()) if len(old) else new
+                        arr = pa.array(new.to_numpy(), type=t.schema.field(c).type, from_pandas=True)
+                        t = t.set_column(t.column_names.index(c), c, arr)
+                    else: t = t.append_column(c, pa.array(new.to_numpy(), from_pandas=True))
+                tmp = f.parent / f'.{f.name}.tmp'
+                try: _write_table(t, tmp); shas[f.name] = file_sha256(tmp); os.replace(tmp, f)
+                except OSError as e:
+                    tmp.unlink(missing_ok=True)
+                    raise StoreWriteError(f"could not rewrite {f} with new labels: {e.strerror or e}; the shard is unchanged; "
+                                          "call set_labels again once fixed") from e
+        finally:  # the checksums of the shards rewritten so far, even when a later one fails
+            shards = [{**s, 'sha256': shas.get(Path(s['file']).name, s.get('sha256'))} for s in self.manifest['shards']]
+            _manifest_update(self.path, shards=shards, labels_updated=sorted(set(self.manifest.get('labels_updated', [])) | set(columns)))
+        self.manifest = _read_manifest(self.path / 'manifest.json'); self._meta = None
 
 # %% ../nbs/05_store.ipynb #3a2eefc1
 def combine(parts: Sequence[str | Path],  # the worker store folders
             out: str | Path,  # the combined store folder (new or empty)
             overwrite: bool = False) -> ActivationStore:
-    "Combine complete worker stores (`shard i of n`) of one config into one store at `out`."
-    ms = []
+    "Combine complete worker stores (`shard i of n`) of one config into one store at `out` (built in a temporary folder, then renamed)."
+    out = Path(out)
+    for p in parts:  # the output must never be (or contain, or sit inside) one of the inputs: overwrite would delete it
+        a, b = Path(p).resolve(), out.resolve()
+        if a == b or a in b.parents or b in a.parents:
+            raise StoreError(f"combine: the output {out} is (or overlaps) the input {p}; write the combined store to a new folder")
+    stores = []
     for p in parts:
         mp = Path(p) / 'manifest.json'
         if not mp.exists(): raise StoreError(f"{p} is not an activation store (no manifest.json)")
-        m = json.loads(mp.read_text())
+        m = _read_manifest(mp)
         if not m.get('complete'): raise StoreError(f"worker store {p} is incomplete; run its extraction again to finish it first")
-        ms.append(m)
+        st = ActivationStore(p)  # presence, row counts and schema of every listed shard; no unlisted ones
+        st.verify()  # and their checksums
+        stores.append(st)
+    ms = [s.manifest for s in stores]
     keys = ('format', 'config', 'model', 'columns', 'rows_per_shard')
     for p, m in zip(parts[1:], ms[1:]):
         if any(m.get(k) != ms[0].get(k) for k in keys):
@@ -446,32 +589,40 @@ def combine(parts: Sequence[str | Path],  # the worker store folders
     if len(counts) != 1 or idx != list(range(counts.pop())):
         raise StoreError(f"the parts must be workers 0..n-1 of one split, each once; got worker indices {idx} "
                          f"of counts {sorted({m['worker']['count'] for m in ms})}")
-    out = Path(out)
-    if out.exists() and any(out.iterdir()):
-        if not overwrite: raise StoreConfigError(f"{out} is not empty; choose a new folder or pass overwrite=True")
-        shutil.rmtree(out)
-    _writable(out / 'data')
-    shards = []
-    for p in parts:
-        for f in sorted((Path(p) / 'data').glob('*.parquet')):
-            dst, tmp = out / 'data' / f.name, out / 'data' / f'.{f.name}.tmp'
-            try:
-                try: os.link(f, tmp)
-                except OSError: shutil.copy2(f, tmp)
-                os.replace(tmp, dst)
-            except OSError as e:
-                tmp.unlink(missing_ok=True)
-                raise StoreWriteError(f"could not copy {f} into {out}: {e.strerror or e}") from e
-            shards.append(dict(file=f'data/{f.name}', rows=pq.read_metadata(dst).num_rows))
-    ids = pd.concat([pq.read_table(out / s['file'], columns=['example_id']).to_pandas() for s in shards]).example_id \
-        if all('example_id' in pq.read_schema(out / s['file']).names for s in shards) else None
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
+        raise StoreConfigError(f"{out} is not empty; choose a new folder or pass overwrite=True")
+    ids = pd.concat([s.metadata(['example_id']) for s in stores]).example_id if all('example_id' in s.metadata_columns for s in stores) else None
     if ids is not None and ids.duplicated().any():
         raise StoreError(f"example_id values {ids[ids.duplicated()].unique()[:5].tolist()} appear in more than one part")
-    m0 = ms[0]
-    n_rows = sum(m['n_rows'] for m in ms)
-    ident = dict(format=m0['format'], config=m0['config'], model=m0['model'], columns=m0['columns'], n_rows=n_rows,
-                 rows_per_shard=m0['rows_per_shard'], worker=dict(index=None, count=len(ms)))
-    extra = {k: v for k, v in m0.items() if k not in ident and k not in ('shards', 'content_digest', 'packages', 'written_at', 'complete')}
-    _manifest_update(out, **extra, **ident, content_digest=_digest(ident), combined_from=[str(p) for p in parts],
-                   shards=shards, complete=True)
+    tmp = out.parent / f'.{out.name}.combine-{os.getpid()}'
+    if tmp.exists(): shutil.rmtree(tmp)
+    _writable(tmp / 'data')
+    shards = []
+    try:
+        for st in stores:
+            by_file = {Path(s['file']).name: s for s in st.manifest['shards']}
+            for f in st.files:
+                dst = tmp / 'data' / f.name
+                try:
+                    try: os.link(f, dst)
+                    except OSError: shutil.copy2(f, dst)
+                except OSError as e:
+                    raise StoreWriteError(f"could not copy {f} into {out}: {e.strerror or e}; {out} is unchanged") from e
+                s = by_file[f.name]
+                sha = s.get('sha256') or file_sha256(dst)
+                if dst.stat().st_size != f.stat().st_size: raise StoreWriteError(f"copying {f} into {out} gave a different size; {out} is unchanged")
+                shards.append({k: v for k, v in s.items() if k != 'index'} | dict(file=f'data/{f.name}', rows=s['rows'], sha256=sha))
+        m0 = ms[0]
+        n_rows = sum(m['n_rows'] for m in ms)
+        ident = dict(format=m0['format'], config=m0['config'], model=m0['model'], columns=m0['columns'], n_rows=n_rows,
+                     rows_per_shard=m0['rows_per_shard'], worker=dict(index=None, count=len(ms)))
+        extra = {k: v for k, v in m0.items() if k not in ident and k not in ('shards', 'content_digest', 'packages', 'written_at', 'complete')}
+        _manifest_update(tmp, **extra, **ident, content_digest=_digest(ident), combined_from=[str(p) for p in parts],
+                         shards=shards, complete=True)
+        old = out.parent / f'.{out.name}.old-{os.getpid()}'
+        if out.exists(): os.replace(out, old)  # the old output is kept until the new one is in place
+        os.replace(tmp, out)
+        if old.exists(): shutil.rmtree(old) if old.is_dir() else old.unlink()
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True); raise
     return ActivationStore(out)

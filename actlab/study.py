@@ -4,7 +4,7 @@
 
 # %% ../nbs/11_study.ipynb #a89f33fb
 from __future__ import annotations
-import html, importlib.util, json, re, time
+import datetime, html, importlib.util, json, os, re, time
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
@@ -13,7 +13,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from .core import Config, check, write_manifest, seed_everything
+from .core import Config, ConfigError, check, check_device, write_manifest, seed_everything, atomic_write, atomic_path, ensure_file
 from .tasks import TaskConfig, make_pairs
 from .models import load_model
 from .baseline import evaluate_pairs, condition_table, plot_conditions, plot_attribution
@@ -24,6 +24,7 @@ from .saes import SAETrainConfig, StoreProvider, train_sae, load_sae, plot_histo
 
 # %% auto #0
 __all__ = ['HAS_FEATURES', 'PHASES', 'ModelConfig', 'ExtractionPhase', 'ProbesPhase', 'SAEPhase', 'StudyConfig', 'Report',
+           'ResultsFolderError', 'check_devices', 'check_study_inputs', 'check_class_sizes', 'claim_folder',
            'run_study']
 
 # %% ../nbs/11_study.ipynb #b6f63565
@@ -44,6 +45,10 @@ class ModelConfig(Config):
     "Which model the study runs on."
     name: str = 'builtin'  # 'builtin', a local checkpoint folder, or a TransformerLens model name
     device: str | None = None  # None: cuda if available, else cpu
+
+    def __post_init__(self):  # the name's form here; whether this machine has it is checked when a study starts
+        check(bool(self.name), "model.name must not be empty; use 'builtin', a checkpoint folder or a TransformerLens model name")
+        check_device(self.device, available=False, where='model.device')
 
 @dataclass
 class ExtractionPhase(ExtractConfig):
@@ -113,6 +118,9 @@ class StudyConfig(Config):
     def __post_init__(self):
         check(self.name.replace('-', '').replace('_', '').isalnum(), f"study name must be letters, digits, '-' or '_', got {self.name!r}")
         self.phases = tuple(self.phases)
+        check(len(self.phases) > 0, f"phases is empty; list some of {list(PHASES)} (they run in that order)")
+        check(len(self.task.families) > 0, "task.families is empty: no prompt pairs to make; list at least one suffix family (see `actlab config`)")
+        check(len(self.task.operations) > 0, "task.operations is empty: no prompt pairs to make; list at least one (see `actlab config`)")
         bad = [p for p in self.phases if p not in PHASES]
         check(not bad, f"unknown phase(s) {bad}; phases are {list(PHASES)}")
         for i, p in enumerate(self.phases):
@@ -133,13 +141,83 @@ class Report:
     def write(self, path: str | Path) -> Path:
         "Write the page and `plotly.min.js` beside it."
         from plotly.offline import get_plotlyjs
-        path = Path(path); js = path.parent / 'plotly.min.js'
-        if not js.exists(): js.write_text(get_plotlyjs())
+        path = Path(path)
+        ensure_file(path.parent / 'plotly.min.js', get_plotlyjs())  # checked by size and hash: a truncated copy is rewritten
         style = 'body{font-family:sans-serif;max-width:1100px;margin:auto} .tab{border-collapse:collapse} .tab td,.tab th{padding:2px 8px}'
-        path.write_text(f'<!DOCTYPE html><html><head><meta charset="utf-8"><title>{html.escape(self.title)}</title>'
+        atomic_write(path, f'<!DOCTYPE html><html><head><meta charset="utf-8"><title>{html.escape(self.title)}</title>'
                         f'<script src="plotly.min.js"></script><style>{style}</style></head><body><h1>{html.escape(self.title)}</h1>'
                         + '\n'.join(self.parts) + '</body></html>')
         return path
+
+# %% ../nbs/11_study.ipynb #d8c84e2b
+class ResultsFolderError(FileExistsError):
+    "The results folder holds another run (or other files); the message says how to keep or replace it."
+
+def check_devices(cfg: 'StudyConfig'):
+    "The study's devices exist on this machine (one-line `ConfigError` otherwise)."
+    check_device(cfg.model.device, where='model.device')
+    if 'sae' in cfg.phases and not cfg.sae.pretrained_release: check_device(cfg.sae.device, where='sae.device')
+
+def check_study_inputs(cfg: 'StudyConfig', model, pairs):
+    "Cross-field checks that need the model and the pairs but no phase: a `ConfigError` naming the field and the fix."
+    from actlab.extract import check_sites
+    df, tok = pairs.df, pairs.tokenizer
+    check(len(df) > 0, "task: the task config gives no prompt pairs; widen task.families / task.suffix_lengths / task.n_per_cell")
+    unk = getattr(tok, 'unk_token_id', None)
+    if unk is not None:
+        bad = (df.answer_id == unk) | (df.distractor_id == unk)
+        check(not bad.any(), f"task.operand_max={cfg.task.operand_max}: {int(bad.sum())} of {len(df)} answers or distractors are not in the "
+                             f"model's vocabulary (they tokenize to {tok.unk_token!r}); lower task.operand_max to numbers the model has as tokens")
+    same = df.answer_id == df.distractor_id
+    check(not same.any(), f"task: {int(same.sum())} of {len(df)} pairs have answer token = distractor token; check task.operand_max and the tokenizer")
+    longest = int(df.seq_len.max()) + 1  # with BOS
+    check(longest <= model.cfg.n_ctx, f"task.suffix_lengths={list(cfg.task.suffix_lengths)}: prompts of up to {longest} tokens, but the "
+                                      f"model's n_ctx is {model.cfg.n_ctx}; use shorter suffixes")
+    if 'extraction' in cfg.phases:
+        sites = list(cfg.extraction.hooks) + [s for s in (cfg.probes.site, cfg.sae.site) if s]
+        if sites: check_sites(model, sites)
+    if 'probes' in cfg.phases:
+        n_groups = len(np.unique(clean_prompt_groups(df)))
+        check(cfg.probes.n_splits <= n_groups, f"probes.n_splits={cfg.probes.n_splits} but the pairs have only {n_groups} clean prompts to "
+                                               "split by; lower probes.n_splits or raise task.n_per_cell")
+    if 'sae' in cfg.phases and not cfg.sae.pretrained_release:
+        x = cfg.extraction
+        n_vec = len(df) * (x.k if x.positions == 'last_k' else 1) if x.positions != 'all' else int((df.seq_len + 1).sum())
+        check(cfg.sae.batch_size <= n_vec, f"sae.batch_size={cfg.sae.batch_size} but the store will hold only {n_vec} activation vectors at the "
+                                           "SAE's site; lower sae.batch_size or raise task.n_per_cell")
+
+def check_class_sizes(cfg: 'StudyConfig', survives: np.ndarray):
+    "After phase B: each survival class has at least `probes.n_splits` examples (or the survival probe is skipped: one class only)."
+    n_pos, n_neg = int(survives.sum()), int((~survives).sum())
+    if 0 < min(n_pos, n_neg) < cfg.probes.n_splits:
+        raise ConfigError(f"probes.n_splits={cfg.probes.n_splits} but only {min(n_pos, n_neg)} examples "
+                          f"{'survive' if n_pos < n_neg else 'fail'} (of {len(survives)}); lower probes.n_splits or raise task.n_per_cell")
+
+def claim_folder(folder: str | Path, cfg: 'StudyConfig', overwrite: bool = False) -> Path | None:
+    "Make `folder` this run's: refuse one holding another config's run (or other files) unless `overwrite`, which moves it aside first; return where."
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir(): raise ResultsFolderError(f"{folder} is a file; choose another --out or study name")
+    if not folder.exists() or not any(folder.iterdir()): return None
+    old = None
+    for f in ('study.yaml', 'manifest.json'):
+        try:
+            if f == 'study.yaml' and (folder / f).exists(): old = StudyConfig.from_yaml(folder / f).to_dict(); break
+            if f == 'manifest.json' and (folder / f).exists(): old = json.loads((folder / f).read_text()).get('study'); break
+        except (ValueError, OSError): old = 'unreadable'
+    same = lambda d: {k: v for k, v in d.items() if k != 'phases'} if isinstance(d, dict) else d
+    if same(old) == same(cfg.to_dict()): return None  # the same config again (e.g. `actlab patch`, then `actlab run`): rewritten in place
+    if not overwrite:
+        from actlab.store import config_diff
+        what = ('another run' + (": " + '; '.join(config_diff(old, cfg.to_dict(), limit=3)) if isinstance(old, dict) else '')
+                if old is not None else 'files of no actlab run')
+        raise ResultsFolderError(f"{folder} holds {what}; pass --overwrite (overwrite=True) to move it aside and start over, "
+                                 "or choose another --out or study name")
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime('%Y%m%dT%H%M%S')
+    aside = folder.with_name(f'{folder.name}.old-{stamp}')
+    n = 1
+    while aside.exists(): aside, n = folder.with_name(f'{folder.name}.old-{stamp}-{n}'), n + 1
+    os.replace(folder, aside)
+    return aside
 
 # %% ../nbs/11_study.ipynb #d589490d
 def _last_resid(model) -> str: return f'blocks.{model.cfg.n_layers - 1}.hook_resid_post'
@@ -147,9 +225,17 @@ def _last_block_in(model) -> str: return f'blocks.{model.cfg.n_layers - 1}.hook_
 
 def _safe(name: str) -> str: return re.sub(r'[^A-Za-z0-9_.-]', '_', name)
 
-def run_study(cfg: StudyConfig = StudyConfig(), out: str | Path = 'results', progress: bool = True) -> Path:
+def run_study(cfg: StudyConfig = StudyConfig(), out: str | Path = 'results', progress: bool = True,
+              overwrite: bool = False) -> Path:  # replace a results folder holding another run (moved aside first)
     "Run the phases `cfg.phases` of the study; return the results folder `out/cfg.name` (with `manifest.json`, `report.html`)."
+    if not isinstance(cfg, StudyConfig): raise ConfigError(f"run_study needs a StudyConfig, got {type(cfg).__name__}")
     folder = Path(out) / cfg.name
+    check_devices(cfg)  # before anything is loaded or written
+    if folder.exists() and any(folder.iterdir()) and not overwrite: claim_folder(folder, cfg)  # refuse early, before loading the model
+    model = load_model(cfg.model.name, device=cfg.model.device)
+    pairs = make_pairs(cfg.task, model.tokenizer)
+    check_study_inputs(cfg, model, pairs)  # every check that needs no phase: before phase A
+    claim_folder(folder, cfg, overwrite)
     folder.mkdir(parents=True, exist_ok=True)
     seed_everything(cfg.seed)
     t_start, done, timings, rec = time.time(), [], {}, {}
@@ -158,13 +244,11 @@ def run_study(cfg: StudyConfig = StudyConfig(), out: str | Path = 'results', pro
     bar = tqdm(total=len(cfg.phases), desc='study', disable=not progress)
     def finish(phase, t0, **entries):
         timings[phase] = round(time.time() - t0, 2); done.append(phase); rec.update(entries); bar.update(1)
-        write_manifest(folder, study=cfg, phases=done, seconds=timings, **rec)
+        write_manifest(folder, fresh=True, study=cfg, phases=done, seconds=timings, **rec)  # this run's entries only
         rep.write(folder / 'report.html')
 
     bar.set_description('study: model and pairs')
-    model = load_model(cfg.model.name, device=cfg.model.device)
-    pairs = make_pairs(cfg.task, model.tokenizer)
-    pairs.df.to_parquet(folder / 'pairs.parquet')
+    with atomic_path(folder / 'pairs.parquet') as tmp: pairs.df.to_parquet(tmp)
     rec.update(model=getattr(model, 'actlab_identity', {'name': cfg.model.name}), n_pairs=len(pairs))
     rep.p(f"model {cfg.model.name!r} ({model.cfg.n_layers} layers, d_model {model.cfg.d_model}); {len(pairs)} prompt pairs "
           f"over families {list(cfg.task.families)} and suffix lengths {list(cfg.task.suffix_lengths)}.")
@@ -173,7 +257,7 @@ def run_study(cfg: StudyConfig = StudyConfig(), out: str | Path = 'results', pro
     t0 = time.time(); bar.set_description('study: A baseline')
     scores = evaluate_pairs(model, pairs)
     table = condition_table(scores)
-    scores.to_parquet(folder / 'baseline_scores.parquet'); table.to_csv(folder / 'baseline_conditions.csv', index=False)
+    _save(scores, folder / 'baseline_scores.parquet'); _save(table, folder / 'baseline_conditions.csv', index=False)
     rep.h('A. Baseline: accuracy and logit difference per condition')
     rep.fig(plot_conditions(table)); rep.fig(plot_conditions(table, 'logit_diff'))
     worst = table[~table.condition.isin(['plain', 'id_control_prompt', 'id_control'])].sort_values('accuracy').iloc[0]
@@ -186,9 +270,9 @@ def run_study(cfg: StudyConfig = StudyConfig(), out: str | Path = 'results', pro
     # phase B: patching
     t0 = time.time(); bar.set_description('study: B patching')
     res = patch_pairs(model, pairs, cfg.patching)
-    res.df.to_parquet(folder / 'patching_examples.parquet')
-    summary = res.summary(); summary.to_csv(folder / 'patching_summary.csv')
-    sites = res.site_table(); sites.to_csv(folder / 'patching_sites.csv', index=False)
+    _save(res.df, folder / 'patching_examples.parquet')
+    summary = res.summary(); _save(summary, folder / 'patching_summary.csv')
+    sites = res.site_table(); _save(sites, folder / 'patching_sites.csv', index=False)
     best = top_sites(sites, k=max(cfg.extraction.n_top_sites, 1), return_scores=True)
     rep.h('B. Patching: which sites rescue the corrupted runs')
     rep.table(res.df.patch_class.value_counts().rename('examples').to_frame())
@@ -197,6 +281,9 @@ def run_study(cfg: StudyConfig = StudyConfig(), out: str | Path = 'results', pro
     rep.p('Sites with the highest mean rescue:'); rep.table(best)
     finish('patching', t0, patch_classes=res.df.patch_class.value_counts().to_dict(), top_sites=best.site.tolist())
     if 'extraction' not in cfg.phases: return _close(bar, folder)
+    if 'probes' in cfg.phases:
+        _ok = np.isfinite(res.df.logit_diff_corrupted.to_numpy(float))
+        check_class_sizes(cfg, res.df.survives.to_numpy(bool)[_ok])
 
     # phase C: extraction of the implicated sites
     t0 = time.time(); bar.set_description('study: C extraction')
@@ -214,15 +301,22 @@ def run_study(cfg: StudyConfig = StudyConfig(), out: str | Path = 'results', pro
     # phase D: probes, ternary labels
     t0 = time.time(); bar.set_description('study: D probes')
     meta = store.metadata()
-    df = pairs.df.set_index('example_id').loc[meta.example_id.to_numpy()].reset_index()
     X, Xc = store.numpy(probe_site, flatten=True), store.numpy(f'clean/{probe_site}', flatten=True)
+    # rows flagged `nonfinite` (or with NaN/inf activations here, or no survival label) get no label: excluded, and counted
+    ok = ~meta.get('nonfinite', pd.Series(False, index=meta.index)).to_numpy(bool) & meta.survives.notna().to_numpy()
+    ok &= np.isfinite(X).all(1) & np.isfinite(Xc).all(1)
+    n_excluded = int((~ok).sum())
+    check(ok.sum() > 0, f"every one of the {len(ok)} stored examples has a non-finite activation or logit difference; no probe can be fit "
+                        "(check the model and the store manifest's 'nonfinite' counts)")
+    meta, X, Xc = meta[ok].reset_index(drop=True), X[ok], Xc[ok]
+    df = pairs.df.set_index('example_id').loc[meta.example_id.to_numpy()].reset_index()
     surv = meta.survives.astype(bool).to_numpy()
     groups = clean_prompt_groups(df)
     rep.h('D. Probes: what predicts survival; is the answer erased or unread?')
     probe_rec = {}
     if 0 < surv.sum() < len(surv):
         path = regularization_path(L1LogisticProbe(solver='torch', tol=1e-4), X, surv, groups, cfg=cfg.probes)
-        path.df.to_csv(folder / 'probe_survival_path.csv', index=False)
+        _save(path.df, folder / 'probe_survival_path.csv', index=False)
         rep.fig(plot_path(path, title=f'L1 logistic: survives, from {probe_site}'))
         probe_rec['survival'] = {k: v for k, v in path.record().items() if k != 'estimator'}
     else: rep.p('every example survives (or none does): no survival probe to fit.')
@@ -230,11 +324,12 @@ def run_study(cfg: StudyConfig = StudyConfig(), out: str | Path = 'results', pro
                               device=str(model.cfg.device) if cfg.probes.solver == 'torch' else 'cpu')
     store.set_labels(pd.DataFrame(dict(example_id=meta.example_id.to_numpy(), failure_class=tern)))
     ct = pd.crosstab(df.corruption_type, pd.Series(tern, name='failure_class'))
-    ct.to_csv(folder / 'failure_classes.csv')
+    _save(ct, folder / 'failure_classes.csv')
     rep.p(f"ternary labels at {probe_site} (decoder held-out clean accuracy {trec['clean_heldout_accuracy']:.2f}):"); rep.table(ct)
     probe_rec['ternary'] = trec
-    (folder / 'probes.json').write_text(json.dumps(probe_rec, indent=2, default=str))
-    finish('probes', t0, probes=dict(site=probe_site, failure_classes=trec['counts'],
+    if n_excluded: rep.p(f"{n_excluded} example(s) with non-finite values are excluded from every label (flag `nonfinite` in the store).")
+    atomic_write(folder / 'probes.json', json.dumps(probe_rec, indent=2, default=str))
+    finish('probes', t0, probes=dict(site=probe_site, failure_classes=trec['counts'], excluded_nonfinite=n_excluded,
                                      survival_cv=probe_rec.get('survival', {}).get('cv_score')))
     if 'sae' not in cfg.phases: return _close(bar, folder)
 
@@ -244,7 +339,10 @@ def run_study(cfg: StudyConfig = StudyConfig(), out: str | Path = 'results', pro
     rep.h(f'D. SAE on {sae_site}')
     if cfg.sae.pretrained_release:
         sae = load_sae(cfg.sae.pretrained_release, device=str(model.cfg.device), sae_id=cfg.sae.pretrained_id)
-        sae.save_model(run_dir / 'sae')
+        import shutil
+        shutil.rmtree(run_dir / '.sae.tmp', ignore_errors=True); sae.save_model(run_dir / '.sae.tmp')
+        if (run_dir / 'sae').exists(): shutil.rmtree(run_dir / 'sae')
+        os.replace(run_dir / '.sae.tmp', run_dir / 'sae')
         rep.p(f"pretrained SAE {cfg.sae.pretrained_release}/{cfg.sae.pretrained_id} (d_sae={sae.cfg.d_sae})")
     else:
         prov = StoreProvider(store, sae_site, batch_size=cfg.sae.batch_size, seed=cfg.sae.seed)
@@ -252,7 +350,7 @@ def run_study(cfg: StudyConfig = StudyConfig(), out: str | Path = 'results', pro
         sae = tr.sae
         rep.fig(plot_history(tr.history, title=f'SAE training ({cfg.sae.architecture}, d_sae={cfg.sae.d_sae})'))
     rec_t = recovery_table(logit_diff_recovery(model, sae, pairs, hook_name=sae_site, positions='last'))
-    rec_t.to_csv(folder / 'sae_recovery.csv')
+    _save(rec_t, folder / 'sae_recovery.csv')
     rep.fig(plot_recovery(rec_t)); rep.table(rec_t)
     finish('sae', t0, sae=dict(site=sae_site, path=str((run_dir / 'sae').relative_to(folder)), pretrained=cfg.sae.pretrained_release or None,
                                 frac_recovered=rec_t.frac_recovered.round(4).to_dict()))
@@ -270,8 +368,8 @@ def run_study(cfg: StudyConfig = StudyConfig(), out: str | Path = 'results', pro
         fa = pair_feature_acts(model, sae, pairs)
         sup, junk = suppressed_features(fa, cfg.features), junk_features(fa, cfg.features, where='any')
         resc = rescue_by_cell(model, sae, pairs, top_k=cfg.features.top_k, cfg=cfg.features)
-        sup.to_csv(folder / 'features_suppressed.csv', index=False); junk.to_csv(folder / 'features_junk.csv', index=False)
-        resc.to_parquet(folder / 'features_rescue.parquet')
+        _save(sup, folder / 'features_suppressed.csv', index=False); _save(junk, folder / 'features_junk.csv', index=False)
+        _save(resc, folder / 'features_rescue.parquet')
         rep.fig(plot_suppressed(sup)); rep.fig(plot_junk(junk)); rep.fig(plot_rescue(resc))
         ood = resc[resc.corruption_type != 'id_control']
         finish('features', t0, features=dict(n_suppressed_rows=len(sup), n_junk_rows=len(junk),
@@ -281,3 +379,8 @@ def run_study(cfg: StudyConfig = StudyConfig(), out: str | Path = 'results', pro
 
 def _close(bar, folder: Path) -> Path:
     bar.close(); return folder
+
+def _save(df: pd.DataFrame, path: Path, **kw):
+    "`df` to `path` (.parquet or .csv) via a temporary file and a rename: never a partial file."
+    with atomic_path(path) as tmp:
+        df.to_parquet(tmp, **kw) if path.suffix == '.parquet' else df.to_csv(tmp, **kw)
