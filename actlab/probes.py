@@ -824,7 +824,7 @@ def subspace_patched_margin(model, clean_tokens, corrupted_tokens,  # [n, seq] e
                             basis: np.ndarray,  # [k, d] orthonormal rows
                             pos: int = -1) -> np.ndarray:
     "Margin `[n]` of the corrupted run with the clean run's component inside `span(basis)` patched in at `hook_name`, `pos`."
-    from actlab.capture import pair_activations
+    from actlab.capture import capture
     from actlab.metrics import margin
     dev = next(model.parameters()).device
     clean_act = capture(model, clean_tokens, [hook_name])[hook_name].to(dev) if pos == -1 else None

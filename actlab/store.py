@@ -247,7 +247,7 @@ class StoreWriter:
                 continue
             problem = None
             try: rows = pq.read_metadata(f).num_rows
-            except Exception as e: problem, rows = f'unreadable ({type(e).__name__}: {str(e)[:80]})', None
+            except Exception as e: problem, rows = f'unreadable ({type(e).__name__}: {" ".join(str(e).split())[:80]})', None
             if problem is None and rows != len(self.rows_of(j)): problem = f'{rows} rows, expected {len(self.rows_of(j))}'
             sha = file_sha256(f) if checksums or entry is None or 'sha256' not in (entry or {}) else entry['sha256']
             if problem is None and entry is not None and entry.get('sha256') not in (None, sha): problem = 'checksum mismatch (corrupt bytes)'
