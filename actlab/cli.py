@@ -50,6 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
     study_cmd('pairs', 'write the prompt pairs of a config to <out>/<name>/pairs.parquet')
     t = sub.add_parser('train-model', help='train (or load the cached) built-in model', description='train (or load the cached) built-in model')
     t.add_argument('--retrain', action='store_true', help='train even when a cached model matches the recipe')
+    t.add_argument('--recipe', default='default', help="a named recipe: 'default' (6 layers), 'four_layer' or 'two_layer'")
+    t.add_argument('--seed', type=int, default=0, help='the training seed (seeds 0-2 of the default recipe are cached in data/)')
     t.add_argument('--out', default='results', help='results root folder; the manifest goes to <out>/model/')
     d = sub.add_parser('dashboard', help='write the HTML dashboards of a finished study', description='write the HTML dashboards of a finished study')
     d.add_argument('results', help='a study results folder (<out>/<name>, with manifest.json)')
@@ -87,10 +89,13 @@ def _dispatch(args) -> int:
     elif args.command == 'run': _study(args)
     elif args.command in _PHASE_CMDS: _study(args, _PHASE_CMDS[args.command])
     elif args.command == 'train-model':
-        from actlab.models import load_builtin_model, data_dir, DEFAULT_MODEL_DIR
-        m = load_builtin_model(retrain=args.retrain, device='cpu')
-        write_manifest(Path(args.out) / 'model', model=m.actlab_identity, path=str(data_dir() / DEFAULT_MODEL_DIR))
-        print(f"built-in model {m.actlab_identity['weights_hash']} at {data_dir() / DEFAULT_MODEL_DIR}")
+        from actlab.models import load_builtin_model, builtin_folder, RECIPES
+        if args.recipe not in RECIPES: raise CLIError(f"unknown recipe {args.recipe!r}; choose from {sorted(RECIPES)}")
+        if args.seed < 0: raise CLIError(f"--seed must be >= 0, got {args.seed}")
+        recipe = RECIPES[args.recipe].replace(seed=args.seed)
+        m = load_builtin_model(recipe, retrain=args.retrain, device='cpu')
+        write_manifest(Path(args.out) / 'model', fresh=True, model=m.actlab_identity, recipe=recipe, path=str(builtin_folder(recipe)))
+        print(f"built-in model {m.actlab_identity['weights_hash']} at {builtin_folder(recipe)}")
     elif args.command == 'pairs':
         from actlab.models import load_model
         from actlab.tasks import make_pairs
