@@ -21,7 +21,7 @@ from .tasks import TaskConfig, TEMPLATES, ID_FILLERS, SUFFIX_FAMILIES, all_probl
 # %% auto #0
 __all__ = ['RECIPES', 'DEFAULT_MODEL_DIR', 'DEFAULT_CORPUS_DIR', 'BuiltinModelConfig', 'text_words', 'filler_words',
            'CorpusBuilder', 'build_corpus', 'save_corpus', 'load_corpus', 'heldout_ce', 'train_builtin_model',
-           'save_model', 'load_saved_model', 'data_dir', 'ModelLoadError', 'builtin_folder', 'corpus_folder',
+           'save_model', 'ModelLoadError', 'load_saved_model', 'data_dir', 'builtin_folder', 'corpus_folder',
            'builtin_corpus', 'load_builtin_model', 'load_model']
 
 # %% ../nbs/02_models.ipynb #0151bfa4
@@ -214,19 +214,45 @@ def save_model(model: HookedTransformer, folder: str | Path, recipe: BuiltinMode
     (folder / 'config.json').write_text(json.dumps(meta, indent=2))
     return folder
 
-def load_saved_model(folder: str | Path, device: str | None = None) -> HookedTransformer:
-    "Load a folder written by `save_model`; checks the weights against their recorded hash."
-    from safetensors.torch import load_file
+class ModelLoadError(RuntimeError):
+    "A model could not be loaded; the message says what to use instead."
+
+def _tokenizer_from(folder: Path):
+    "A tokenizer from a local folder only: never a hub lookup (a missing folder would otherwise retry the network)."
     from transformers import AutoTokenizer
+    if not folder.is_dir():
+        raise ModelLoadError(f"{folder} is missing: a saved model folder needs its tokenizer/ (written by save_model); "
+                             "copy the whole folder, or retrain with `actlab train-model --retrain`")
+    try: return AutoTokenizer.from_pretrained(str(folder.resolve()), local_files_only=True)
+    except Exception as e:
+        raise ModelLoadError(f"the tokenizer in {folder} cannot be loaded ({type(e).__name__}: {' '.join(str(e).split())[:120]}); "
+                             "copy the folder again or retrain") from None
+
+def load_saved_model(folder: str | Path, device: str | None = None) -> HookedTransformer:
+    "Load a folder written by `save_model`; checks the config, the weights' shapes and their recorded hash."
+    from safetensors.torch import load_file
     folder = Path(folder)
-    meta = json.loads((folder / 'config.json').read_text())
-    hc = {k: v for k, v in meta['hooked_config'].items() if k not in ('device', 'dtype', 'n_params', 'model_name')}
-    cfg = HookedTransformerConfig(**hc, model_name=meta['hooked_config'].get('model_name', 'actlab'))
-    model = HookedTransformer(cfg, tokenizer=AutoTokenizer.from_pretrained(folder / 'tokenizer'))
-    sd = load_file(str(folder / 'model.safetensors'))
-    if state_dict_hash(sd) != meta['weights_hash']:
-        raise ValueError(f"{folder}/model.safetensors does not match its recorded weights hash: the file is damaged or was "
-                         "replaced; delete the folder to retrain the built-in model")
+    try:
+        meta = json.loads((folder / 'config.json').read_text())
+        hc = {k: v for k, v in meta['hooked_config'].items() if k not in ('device', 'dtype', 'n_params', 'model_name')}
+        cfg = HookedTransformerConfig(**hc, model_name=meta['hooked_config'].get('model_name', 'actlab'))
+    except Exception as e:
+        raise ModelLoadError(f"{folder}/config.json is damaged or not an actlab model config ({type(e).__name__}: "
+                             f"{' '.join(str(e).split())[:120]}); restore the folder or retrain") from None
+    tokenizer = _tokenizer_from(folder / 'tokenizer')
+    try: sd = load_file(str(folder / 'model.safetensors'))
+    except Exception as e:
+        raise ModelLoadError(f"{folder}/model.safetensors is missing or damaged ({type(e).__name__}); restore the folder, or delete it "
+                             "and retrain with `actlab train-model --retrain`") from None
+    if state_dict_hash(sd) != meta.get('weights_hash'):
+        raise ModelLoadError(f"{folder}/model.safetensors does not match its recorded weights hash: the file is damaged or was "
+                             "replaced; delete the folder to retrain the built-in model")
+    model = HookedTransformer(cfg, tokenizer=tokenizer)
+    want = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    bad = [k for k, v in sd.items() if k in want and tuple(v.shape) != want[k]] + sorted(set(want) - set(sd))
+    if bad:
+        raise ModelLoadError(f"{folder}/config.json does not describe model.safetensors (e.g. {bad[0]}): the config was edited; "
+                             "restore it or retrain")
     model.load_state_dict(sd)
     model.actlab_identity = dict(name=str(meta['hooked_config'].get('model_name')), weights_hash=meta['weights_hash'], path=str(folder))
     return model.to(device or default_device()).eval()
@@ -240,9 +266,6 @@ def data_dir() -> Path:
     return repo_data if repo_data.is_dir() else Path.home() / '.cache' / 'actlab'
 
 DEFAULT_MODEL_DIR = 'default_model'
-
-class ModelLoadError(RuntimeError):
-    "A model could not be loaded; the message says what to use instead."
 
 DEFAULT_CORPUS_DIR = 'corpus'
 
@@ -294,10 +317,15 @@ def _load_local_hf(path: Path, device: str, fold_ln: bool = True, center_writing
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformer_lens import loading
     path = str(path.resolve())
-    hf_model = AutoModelForCausalLM.from_pretrained(path, torch_dtype=dtype)
+    if not list(Path(path).glob('*.safetensors')):
+        raise ModelLoadError(f"{path} has a config but no *.safetensors weights: save the checkpoint with save_pretrained "
+                             "(safe_serialization=True); pickled .bin weights are not loaded")
+    try: hf_model = AutoModelForCausalLM.from_pretrained(path, torch_dtype=dtype, local_files_only=True, use_safetensors=True)
+    except Exception as e:
+        raise ModelLoadError(f"{path} is not a loadable Hugging Face checkpoint ({type(e).__name__}: {' '.join(str(e).split())[:150]})") from None
     cfg = loading.get_pretrained_model_config(path, hf_cfg=hf_model.config.to_dict(), fold_ln=fold_ln, device=device, dtype=dtype)
     state_dict = loading.get_pretrained_state_dict(path, cfg, hf_model, dtype=dtype)
-    model = HookedTransformer(cfg, tokenizer=AutoTokenizer.from_pretrained(path), move_to_device=False)
+    model = HookedTransformer(cfg, tokenizer=_tokenizer_from(Path(path)), move_to_device=False)
     model.load_and_process_state_dict(state_dict, fold_ln=fold_ln, center_writing_weights=center_writing_weights,
                                       center_unembed=center_unembed, fold_value_biases=True, refactor_factored_attn_matrices=False)
     return model.to(device)
@@ -308,7 +336,10 @@ def load_model(name: str = 'builtin', device: str | None = None, **from_pretrain
     if name == 'builtin': return load_builtin_model(device=device)
     path = Path(name).expanduser()
     if path.is_dir():
-        if (path / 'config.json').exists() and json.loads((path / 'config.json').read_text()).get('format') == 'actlab-hooked-transformer':
+        try: fmt = json.loads((path / 'config.json').read_text()).get('format') if (path / 'config.json').exists() else None
+        except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+            raise ModelLoadError(f"{path}/config.json is damaged (not a JSON object); restore the folder") from None
+        if fmt == 'actlab-hooked-transformer':
             return load_saved_model(path, device)
         if not (path / 'config.json').exists():
             raise ModelLoadError(f"{path} has no config.json: give a Hugging Face checkpoint folder (save_pretrained) or one written by actlab.models.save_model")
