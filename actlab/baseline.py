@@ -27,6 +27,9 @@ def last_logits(model: HookedTransformer, tokens: torch.Tensor,  # `[n, seq]` to
                 batch_size: int = 512) -> torch.Tensor:
     "Logits at the last position, `[n, d_vocab]`, computed in batches of `batch_size`."
     if tokens.ndim != 2: raise ValueError(f"tokens must be [batch, seq], got shape {tuple(tokens.shape)}")
+    if tokens.dtype.is_floating_point: raise ValueError(f"tokens must be integer ids, got {tokens.dtype}")
+    if tokens.shape[1] > model.cfg.n_ctx: raise ValueError(f"prompts of {tokens.shape[1]} tokens exceed the model's n_ctx={model.cfg.n_ctx}; use shorter suffixes")
+    if batch_size < 1: raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     dev = model.cfg.device
     return torch.cat([model(tokens[i:i + batch_size].to(dev))[:, -1].float().cpu() for i in range(0, len(tokens), batch_size)])
 

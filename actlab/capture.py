@@ -34,6 +34,9 @@ def capture(model: HookedTransformer,
     "Activations at `hooks` (float32, on the CPU): `[n, *act_shape]` for 'last', `[n, seq, *act_shape]` for 'all'."
     if tokens.ndim != 2: raise ValueError(f"tokens must be [batch, seq], got shape {tuple(tokens.shape)}")
     if positions not in ('last', 'all'): raise ValueError(f"positions must be 'last' or 'all', got {positions!r}")
+    if tokens.dtype.is_floating_point: raise ValueError(f"tokens must be integer ids, got {tokens.dtype}")
+    if tokens.shape[1] > model.cfg.n_ctx: raise ValueError(f"prompts of {tokens.shape[1]} tokens exceed the model's n_ctx={model.cfg.n_ctx}")
+    if batch_size < 1: raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     hooks = list(dict.fromkeys(hooks))
     unknown = [h for h in hooks if h not in model.hook_dict]
     if unknown: raise ValueError(f"unknown hook name(s) {unknown}; see model.hook_dict for this model's hook points")
