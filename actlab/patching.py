@@ -18,23 +18,25 @@ from transformer_lens import HookedTransformer, ActivationCache
 from transformer_lens import patching as tl_patching
 
 from .core import Config, check
+from . import metrics as M
 
 # %% auto #0
-__all__ = ['SITES', 'HEAD_ACTS', 'METHODS', 'PATCH_CLASSES', 'get_act_patch_resid_pre', 'get_act_patch_resid_mid',
-           'get_act_patch_attn_out', 'get_act_patch_mlp_out', 'get_act_patch_attn_head_out_by_pos',
-           'get_act_patch_attn_head_out_all_pos', 'get_act_patch_attn_head_pattern_all_pos',
-           'get_act_patch_attn_head_q_by_pos', 'get_act_patch_attn_head_k_by_pos', 'get_act_patch_attn_head_v_by_pos',
-           'get_act_patch_attn_head_q_all_pos', 'get_act_patch_attn_head_k_all_pos',
-           'get_act_patch_attn_head_v_all_pos', 'get_act_patch_attn_head_pattern_by_pos',
-           'get_act_patch_attn_head_pattern_dest_src_pos', 'make_df_from_ranges', 'layer_pos_patch_setter',
-           'layer_pos_head_vector_patch_setter', 'layer_head_vector_patch_setter', 'layer_head_pattern_patch_setter',
-           'layer_head_pos_pattern_patch_setter', 'layer_head_dest_src_pos_pattern_patch_setter', 'METRICS',
-           'PatchingConfig', 'check_tokens', 'check_hook_name', 'memory_budget', 'rows_per_chunk',
-           'generic_activation_patch', 'get_act_patch_attn_head_all_pos_every', 'get_act_patch_attn_head_by_pos_every',
-           'get_act_patch_block_every', 'tiny_model', 'logit_diff_from_resid', 'prompt_logit_diff', 'n_site_heads',
-           'site_shape', 'resolve_metric', 'per_example_patch', 'metric_from_resid', 'rescue_scores', 'SweepResult',
-           'sweep', 'site_label', 'site_kind', 'classify', 'GroupResult', 'PatchingResult', 'patch_pairs',
-           'heatmap_layer_pos', 'heatmap_layer_pos_by_family', 'heatmap_layer_head', 'heatmap_layer_head_by_family']
+__all__ = ['SITES', 'HEAD_ACTS', 'METHODS', 'PATCH_METRICS', 'DIRECTIONS', 'PATCH_CLASSES', 'get_act_patch_resid_pre',
+           'get_act_patch_resid_mid', 'get_act_patch_attn_out', 'get_act_patch_mlp_out',
+           'get_act_patch_attn_head_out_by_pos', 'get_act_patch_attn_head_out_all_pos',
+           'get_act_patch_attn_head_pattern_all_pos', 'get_act_patch_attn_head_q_by_pos',
+           'get_act_patch_attn_head_k_by_pos', 'get_act_patch_attn_head_v_by_pos', 'get_act_patch_attn_head_q_all_pos',
+           'get_act_patch_attn_head_k_all_pos', 'get_act_patch_attn_head_v_all_pos',
+           'get_act_patch_attn_head_pattern_by_pos', 'get_act_patch_attn_head_pattern_dest_src_pos',
+           'make_df_from_ranges', 'layer_pos_patch_setter', 'layer_pos_head_vector_patch_setter',
+           'layer_head_vector_patch_setter', 'layer_head_pattern_patch_setter', 'layer_head_pos_pattern_patch_setter',
+           'layer_head_dest_src_pos_pattern_patch_setter', 'METRICS', 'RESCUE_NA', 'PatchingConfig', 'check_tokens',
+           'check_hook_name', 'memory_budget', 'rows_per_chunk', 'generic_activation_patch',
+           'get_act_patch_attn_head_all_pos_every', 'get_act_patch_attn_head_by_pos_every', 'get_act_patch_block_every',
+           'tiny_model', 'logit_diff_from_resid', 'prompt_logit_diff', 'n_site_heads', 'site_shape', 'resolve_metric',
+           'per_example_patch', 'metric_from_resid', 'degenerate_mask', 'rescue_scores', 'SweepResult', 'sweep',
+           'site_label', 'site_kind', 'classify', 'GroupResult', 'PatchingResult', 'patch_pairs', 'heatmap_layer_pos',
+           'heatmap_layer_pos_by_family', 'heatmap_layer_head', 'heatmap_layer_head_by_family']
 
 # %% ../nbs/04_patching.ipynb #7cf225ea
 SITES: dict[str, tuple[str, tuple[str, ...]]] = {
@@ -57,6 +59,8 @@ SITES: dict[str, tuple[str, tuple[str, ...]]] = {
 HEAD_ACTS = ('z', 'q', 'k', 'v', 'pattern')  # sites on these activations are per-head sites (failure-class kind 'head')
 METHODS = ('exact', 'atp', 'atp_verify')  # how a site is patched: exactly, by attribution patching, or AtP then the top sites exactly
 
+PATCH_METRICS = ('margin', 'logit_diff')  # the metrics a sweep can patch on (defined in `actlab.metrics`)
+DIRECTIONS = ('denoising', 'noising')  # denoising: clean -> corrupted run; noising: corrupted -> clean run
 PATCH_CLASSES = ('survives', 'rescued_head', 'rescued_attn', 'rescued_mlp', 'rescued_early_resid', 'rescued_late_resid', 'unrescued')
 
 @dataclass
@@ -64,8 +68,11 @@ class PatchingConfig(Config):
     "What a phase-B patching sweep computes and how it classifies examples."
     sites: tuple[str, ...] = ('resid_pre', 'attn_out', 'mlp_out', 'head')  # keys of `SITES`
     memory_mb: float = 256.0  # budget for the activations of one chunk of stacked forwards (an estimate, see `rows_per_chunk`)
-    degenerate_eps: float = 0.1  # |clean - corrupted| logit diff below this: rescue is NaN and the example is flagged `degenerate`
-    survive_margin: float = 0.0  # corrupted logit diff above this: the example `survives` (answer still beats the distractor)
+    metric: str = 'margin'  # what patching measures and rescue is a fraction of: 'margin' (answer vs best other token) or 'logit_diff' (answer vs distractor)
+    direction: str = 'denoising'  # 'denoising': clean activations into the corrupted run; 'noising': corrupted activations into the clean run
+    degenerate_eps: float = 0.1  # |clean - corrupted| metric below max(degenerate_eps, degenerate_rel * |clean|): flagged `degenerate`, rescue NaN
+    degenerate_rel: float = 0.1  # the relative part of that guard
+    alias_tol: float = 1e-4  # two sites whose patched metric agrees within this on every example are the same patch (stored once)
     rescue_threshold: float = 0.5  # a site rescues an example when its rescue score is at least this
     early_layers: Optional[int] = None  # residual sites in layers < this are 'early' (None: n_layers // 2, at least 1)
     class_priority: tuple[str, ...] = ('head', 'attn', 'mlp', 'early_resid', 'late_resid')  # most specific first
@@ -78,7 +85,11 @@ class PatchingConfig(Config):
         for s in self.sites:
             check(s in SITES, f"unknown site {s!r}{_did_you_mean(s, SITES)}; choose from {list(SITES)}")
         check(self.memory_mb > 0, f"memory_mb must be > 0, got {self.memory_mb}")
+        check(self.metric in PATCH_METRICS, f"unknown metric {self.metric!r}{_did_you_mean(str(self.metric), PATCH_METRICS)}; choose from {list(PATCH_METRICS)}")
+        check(self.direction in DIRECTIONS, f"unknown direction {self.direction!r}{_did_you_mean(str(self.direction), DIRECTIONS)}; choose from {list(DIRECTIONS)}")
         check(self.degenerate_eps >= 0, f"degenerate_eps must be >= 0, got {self.degenerate_eps}")
+        check(0 <= self.degenerate_rel < 1, f"degenerate_rel must be in [0, 1), got {self.degenerate_rel}")
+        check(self.alias_tol >= 0, f"alias_tol must be >= 0, got {self.alias_tol}")
         check(0 < self.rescue_threshold, f"rescue_threshold must be > 0, got {self.rescue_threshold}")
         check(self.early_layers is None or self.early_layers >= 0, f"early_layers must be >= 0 or None, got {self.early_layers}")
         kinds = ('head', 'attn', 'mlp', 'early_resid', 'late_resid')
@@ -533,12 +544,6 @@ def _site_indices(model, site: str, seq: int) -> tuple[str, tuple[str, ...], lis
                   ('layer', 'pos', 'head'): tl_patching.layer_pos_head_vector_patch_setter}[axes]
     return act, axes, list(itertools.product(*[range(n) for n in shape])), setter, shape
 
-def _margin(logits_last: Tensor, answer_ids: Tensor) -> Tensor:
-    "`logit(answer) - max over the other tokens` from last-position logits `[r, d_vocab]`."
-    ans = logits_last.gather(1, answer_ids[:, None])[:, 0]
-    others = logits_last.scatter(1, answer_ids[:, None], float('-inf'))
-    return ans - others.max(1).values
-
 METRICS = ('logit_diff', 'margin')  # named per-example metrics; a callable `(logits [r, pos, d_vocab], example_index [r]) -> [r]` also works
 
 def resolve_metric(metric, answer_ids: Tensor | None, distractor_ids: Tensor | None) -> Callable | None:
@@ -547,7 +552,7 @@ def resolve_metric(metric, answer_ids: Tensor | None, distractor_ids: Tensor | N
     if callable(metric): return metric
     if metric == 'margin':
         if answer_ids is None: raise ValueError("metric 'margin' needs answer_ids (one answer token per prompt)")
-        return lambda logits, idx: _margin(logits[:, -1], answer_ids.to(logits.device)[idx])
+        return lambda logits, idx: M.margin(logits[:, -1], answer_ids.to(logits.device)[idx])  # the one definition, actlab.metrics
     raise ValueError(f"unknown metric {metric!r}{_did_you_mean(str(metric), METRICS)}; choose from {list(METRICS)} or pass "
                      "a callable (logits [r, pos, d_vocab], example_index [r]) -> [r]")
 
@@ -643,56 +648,118 @@ def _check_per_example(v, n: int) -> Tensor:
     return v
 
 # %% ../nbs/04_patching.ipynb #d414d55c
+def degenerate_mask(clean: Tensor | np.ndarray,  # [N] clean metric
+                    corrupted: Tensor | np.ndarray,  # [N] corrupted metric
+                    eps: float = 0.1, rel: float = 0.1) -> np.ndarray:
+    "`|clean − corrupted| < max(eps, rel·|clean|)`: where a rescue ratio's denominator is too small to mean anything `[N]`."
+    c, x = (np.asarray(torch.as_tensor(t).detach().cpu(), dtype=np.float64) for t in (clean, corrupted))
+    return ~(np.abs(c - x) >= np.maximum(eps, rel * np.abs(c)))  # NaN metrics are degenerate too
+
 def rescue_scores(
-    patched: Tensor | np.ndarray,  # [N, ...] patched logit differences
-    ld_clean: Tensor | np.ndarray,  # [N]
-    ld_corrupted: Tensor | np.ndarray,  # [N]
-    eps: float = 0.1,  # |clean - corrupted| below this is degenerate
+    patched: Tensor | np.ndarray,  # [N, ...] patched metric
+    ld_clean: Tensor | np.ndarray,  # [N] the clean run's metric
+    ld_corrupted: Tensor | np.ndarray,  # [N] the corrupted run's metric
+    eps: float = 0.1,  # absolute part of the degenerate guard
+    rel: float = 0.1,  # relative part: degenerate when |clean − corrupted| < max(eps, rel·|clean|)
+    direction: str = 'denoising',  # 'denoising': patched is the corrupted run with clean values; 'noising': the reverse
 ) -> tuple[np.ndarray, np.ndarray]:
     "Rescue scores `[N, ...]` (NaN for degenerate examples) and the `degenerate` flags `[N]`."
+    if direction not in DIRECTIONS: raise ValueError(f"direction must be one of {list(DIRECTIONS)}, got {direction!r}")
     p, c, x = (np.asarray(torch.as_tensor(t).detach().cpu(), dtype=np.float64) for t in (patched, ld_clean, ld_corrupted))
-    denom = c - x
-    degenerate = np.abs(denom) < eps
-    safe = np.where(degenerate, 1.0, denom)
+    degenerate = degenerate_mask(c, x, eps, rel)
+    safe = np.where(degenerate, 1.0, c - x)
     shape = (-1,) + (1,) * (p.ndim - 1)
-    r = (p - x.reshape(shape)) / safe.reshape(shape)
+    num = p - x.reshape(shape) if direction == 'denoising' else c.reshape(shape) - p
+    r = num / safe.reshape(shape)
     r[degenerate] = np.nan
     return r, degenerate
 
 # %% ../nbs/04_patching.ipynb #b83192b0
+RESCUE_NA = ('survived', 'clean_wrong', 'degenerate')  # why an example has no rescue score ('' = it has one)
+
 @dataclass
 class SweepResult:
     "Per-prompt patching results for one equal-length batch."
-    ld_clean: np.ndarray  # [N]
+    ld_clean: np.ndarray  # [N] logit difference (answer − distractor) of the clean run
     ld_corrupted: np.ndarray  # [N]
-    patched: dict[str, np.ndarray]  # site -> [N, layer, pos] / [N, layer, head] / [N, layer, pos, head]
-    rescue: dict[str, np.ndarray]  # site -> same shape, NaN where degenerate
-    degenerate: np.ndarray  # [N] bool
+    patched: dict[str, np.ndarray]  # site -> the patched `metric`, [N, layer, pos] / [N, layer, head] / [N, layer, pos, head]
+    rescue: dict[str, np.ndarray]  # site -> same shape; NaN where rescue is n/a (`rescue_na`)
+    degenerate: np.ndarray  # [N] bool: the relative guard (see `degenerate_mask`)
     methods: dict[str, str] = field(default_factory=dict)  # site -> how it was patched ('exact', 'atp' or 'atp_verify')
+    metric: str = 'margin'  # the patched metric (`PATCH_METRICS`)
+    direction: str = 'denoising'  # `DIRECTIONS`
+    margin_clean: Optional[np.ndarray] = None  # [N] `actlab.metrics.margin` of the clean run
+    margin_corrupted: Optional[np.ndarray] = None
+    correct_clean: Optional[np.ndarray] = None  # [N] bool `actlab.metrics.correct` (argmax is the answer); default: margin > 0
+    correct_corrupted: Optional[np.ndarray] = None
+
+    def __post_init__(self):
+        check(self.metric in PATCH_METRICS, f"metric must be one of {list(PATCH_METRICS)}, got {self.metric!r}")
+        for side in ('clean', 'corrupted'):
+            if getattr(self, f'correct_{side}') is None:
+                m = getattr(self, f'margin_{side}')
+                check(m is not None, f"SweepResult needs correct_{side} (argmax correctness) or margin_{side}")
+                setattr(self, f'correct_{side}', np.asarray(m) > 0)
+            setattr(self, f'correct_{side}', np.asarray(getattr(self, f'correct_{side}'), dtype=bool))
+        check(self.metric_values('clean') is not None, f"SweepResult with metric {self.metric!r} needs margin_clean/margin_corrupted")
+
+    def metric_values(self, side: str) -> np.ndarray:
+        "The patched metric of the unpatched `side` run ('clean' or 'corrupted') `[N]`."
+        return {'margin': self.margin_clean, 'logit_diff': self.ld_clean}[self.metric] if side == 'clean' else \
+               {'margin': self.margin_corrupted, 'logit_diff': self.ld_corrupted}[self.metric]
+
+    @property
+    def base(self) -> np.ndarray:
+        "The metric of the run the patches go into (corrupted when denoising, clean when noising): an unchanged patch gives it back."
+        return self.metric_values('corrupted' if self.direction == 'denoising' else 'clean')
+
+    @property
+    def rescue_na(self) -> np.ndarray:
+        "Per example, why rescue is n/a: 'survived' (the corrupted run is correct), 'clean_wrong', 'degenerate'; '' when it is defined."
+        why = np.full(len(self.ld_clean), '', dtype=object)
+        why[np.asarray(self.degenerate, bool)] = 'degenerate'
+        why[~self.correct_clean] = 'clean_wrong'
+        why[self.correct_corrupted] = 'survived'
+        return why
+
+def _last_logits(model: HookedTransformer, tokens: Tensor, rows: int) -> Tensor:
+    "Logits at the last position `[N, d_vocab]`, in chunks of `rows` prompts."
+    dev = model.cfg.device
+    return torch.cat([model(tokens[s:s + rows].to(dev))[:, -1].float() for s in range(0, len(tokens), rows)])
 
 @torch.no_grad()
 def sweep(model: HookedTransformer, clean_tokens: Tensor, corrupted_tokens: Tensor, answer_ids: Tensor, distractor_ids: Tensor,
           cfg: PatchingConfig = PatchingConfig()) -> SweepResult:
-    "Patch every site in `cfg.sites` for every prompt (exactly, or by attribution patching per `cfg.methods`); logit differences and rescue scores."
+    "Patch every site in `cfg.sites` for every prompt (exactly, or by attribution patching per `cfg.methods`) on `cfg.metric`, in `cfg.direction`; rescue scores."
     check_tokens(clean_tokens, corrupted_tokens, ('answer_ids', answer_ids), ('distractor_ids', distractor_ids))
     for s in cfg.sites: _check_site(model, s)
     dev = model.cfg.device
     a, d = answer_ids.to(dev), distractor_ids.to(dev)
     rows = rows_per_chunk(model, clean_tokens.shape[1], cfg.memory_mb)
-    ldc = torch.cat([prompt_logit_diff(model, clean_tokens[s:s + rows].to(dev), a[s:s + rows], d[s:s + rows]) for s in range(0, len(a), rows)])
-    ldx = torch.cat([prompt_logit_diff(model, corrupted_tokens[s:s + rows].to(dev), a[s:s + rows], d[s:s + rows]) for s in range(0, len(a), rows)])
-    patched, rescue = {}, {}
+    mc = M.answer_metrics(_last_logits(model, clean_tokens, rows), a, d)  # correct, margin, logit_diff: actlab.metrics
+    mx = M.answer_metrics(_last_logits(model, corrupted_tokens, rows), a, d)
+    src, dst = (clean_tokens, corrupted_tokens) if cfg.direction == 'denoising' else (corrupted_tokens, clean_tokens)
+    metric = None if cfg.metric == 'logit_diff' else cfg.metric  # None: the fast logit-difference path (same definition)
+    patched = {}
     for s in cfg.sites:
         if cfg.method(s) == 'exact':
-            p = per_example_patch(model, clean_tokens, corrupted_tokens, a, d, site=s, memory_mb=cfg.memory_mb)
+            p = per_example_patch(model, src, dst, a, d, site=s, memory_mb=cfg.memory_mb, metric=metric)
         else:
             from .attribution import attribution_patch  # built on this module, so imported when first needed
-            p = attribution_patch(model, clean_tokens, corrupted_tokens, a, d, site=s, memory_mb=cfg.memory_mb,
-                                  verify_top=cfg.verify_top if cfg.method(s) == 'atp_verify' else 0)
+            p = attribution_patch(model, clean_tokens, corrupted_tokens, a, d, site=s, memory_mb=cfg.memory_mb, metric=metric,
+                                  direction=cfg.direction, verify_top=cfg.verify_top if cfg.method(s) == 'atp_verify' else 0)
         patched[s] = p.cpu().numpy()
-        rescue[s], degenerate = rescue_scores(patched[s], ldc, ldx, cfg.degenerate_eps)
-    return SweepResult(ldc.cpu().numpy(), ldx.cpu().numpy(), patched, rescue, degenerate, {s: cfg.method(s) for s in cfg.sites})
+    res = SweepResult(mc['logit_diff'], mx['logit_diff'], patched, {}, np.zeros(len(a), bool), {s: cfg.method(s) for s in cfg.sites},
+                      cfg.metric, cfg.direction, mc['margin'], mx['margin'], mc['correct'], mx['correct'])
+    res.degenerate = degenerate_mask(res.metric_values('clean'), res.metric_values('corrupted'), cfg.degenerate_eps, cfg.degenerate_rel)
+    na = res.rescue_na != ''
+    for s, p in patched.items():
+        r, _ = rescue_scores(p, res.metric_values('clean'), res.metric_values('corrupted'), cfg.degenerate_eps, cfg.degenerate_rel, cfg.direction)
+        r[na] = np.nan  # rescue is n/a on runs that did not fail (and where the clean run is wrong, or the gap degenerate)
+        res.rescue[s] = r
+    return res
 
+# %% ../nbs/04_patching.ipynb #c1a9e0f2
 def site_label(model: HookedTransformer, site: str, index: Sequence[int]) -> str:
     "TransformerLens hook name plus index of one patch, e.g. `blocks.1.hook_resid_pre@pos5`."
     act, axes = SITES[site]
@@ -706,15 +773,19 @@ def site_kind(site: str, layer: int, early_layers: int) -> str:
     if site == 'mlp_out': return 'mlp'
     return 'early_resid' if layer < early_layers else 'late_resid'
 
-def classify(model: HookedTransformer, res: SweepResult, cfg: PatchingConfig = PatchingConfig()) -> pd.DataFrame:
-    "Per prompt: best patch site and rescue score, best rescue per site kind, degenerate flag and failure class."
+def classify(model: HookedTransformer, res: SweepResult, cfg: PatchingConfig = PatchingConfig(),
+             canonical: Optional[Callable] = None,  # (site, index) -> (site, index) of the patch it is the same as (see `actlab.rescue`)
+            ) -> pd.DataFrame:
+    "Per prompt: metrics, `survives` (= `correct` on the corrupted run), rescue n/a reason, best patch site and rescue (failed runs only), failure class."
     N = len(res.ld_clean)
     early = cfg.early_layers if cfg.early_layers is not None else max(1, model.cfg.n_layers // 2)
     kinds = ('head', 'attn', 'mlp', 'early_resid', 'late_resid')
+    na = res.rescue_na
+    ok = na == ''
     best_kind = {k: np.full(N, np.nan) for k in kinds}
     best, best_site = np.full(N, -np.inf), np.array([''] * N, dtype=object)
     for s, r in res.rescue.items():
-        flat = r.reshape(N, -1)
+        flat = np.where(ok[:, None], r.reshape(N, -1), np.nan)  # rescue is only read on failed runs
         shape = r.shape[1:]
         layer_of = np.unravel_index(np.arange(flat.shape[1]), shape)[0]
         for k in kinds:
@@ -726,20 +797,22 @@ def classify(model: HookedTransformer, res: SweepResult, cfg: PatchingConfig = P
             best_kind[k] = np.fmax(best_kind[k], mk)
         filled = np.where(np.isnan(flat), -np.inf, flat)
         j = filled.argmax(1); v = filled[np.arange(N), j]
-        better = v > best
-        for i in np.nonzero(better)[0]:
-            best[i] = v[i]; best_site[i] = site_label(model, s, np.unravel_index(j[i], shape))
+        for i in np.nonzero(v > best)[0]:
+            idx = tuple(int(x) for x in np.unravel_index(j[i], shape))
+            best[i] = v[i]; best_site[i] = site_label(model, *(canonical(s, idx) if canonical else (s, idx)))
     best = np.where(np.isinf(best), np.nan, best)
     best_site[np.isnan(best)] = ''
-    survives = res.ld_corrupted > cfg.survive_margin
-    clean_correct = res.ld_clean > cfg.survive_margin
+    survives, clean_correct = res.correct_corrupted, res.correct_clean
     cls = np.array(['unrescued'] * N, dtype=object)
     for k in reversed(cfg.class_priority):
         cls[best_kind[k] >= cfg.rescue_threshold] = f'rescued_{k}'
-    cls[(res.degenerate | ~clean_correct) & ~survives] = 'unrescued'  # nothing right to restore
+    cls[~ok] = 'unrescued'  # clean wrong or degenerate: nothing right to restore
     cls[survives] = 'survives'
-    df = pd.DataFrame(dict(logit_diff_clean=res.ld_clean, logit_diff_corrupted=res.ld_corrupted, best_patch_site=best_site,
-                           rescue_score=best, degenerate=res.degenerate, survives=survives, clean_correct=clean_correct, patch_class=cls))
+    df = pd.DataFrame(dict(logit_diff_clean=res.ld_clean, logit_diff_corrupted=res.ld_corrupted, margin_clean=res.margin_clean,
+                           margin_corrupted=res.margin_corrupted, metric=res.metric, direction=res.direction,
+                           metric_clean=res.metric_values('clean'), metric_corrupted=res.metric_values('corrupted'),
+                           best_patch_site=best_site, rescue_score=best, rescue_na=na.astype(str), degenerate=res.degenerate,
+                           survives=survives, clean_correct=clean_correct, patch_class=cls))
     for k in kinds: df[f'rescue_{k}'] = best_kind[k]
     return df
 
@@ -759,33 +832,35 @@ class PatchingResult:
     cfg: PatchingConfig = field(default_factory=PatchingConfig)
     n_layers: int = 0
     n_heads: int = 0
+    aliases: Optional[pd.DataFrame] = None  # one row per site entry, with the canonical patch it is the same as (`actlab.rescue.site_aliases`)
+
+    @property
+    def metric(self) -> str: return self.cfg.metric
+    @property
+    def direction(self) -> str: return self.cfg.direction
+    @property
+    def sites(self) -> list[str]: return list(self.groups[0].sweep.rescue) if self.groups else list(self.cfg.sites)
 
     def summary(self, by: Sequence[str] = ('corruption_type', 'suffix_length')) -> pd.DataFrame:
-        "Counts of each failure class, mean logit differences and best rescue, per `by` cell."
-        g = self.df.groupby(list(by))
-        counts = pd.crosstab([self.df[c] for c in by], self.df.patch_class).reindex(columns=list(PATCH_CLASSES), fill_value=0)
-        stats = g.agg(n=('example_id', 'size'), logit_diff_clean=('logit_diff_clean', 'mean'),
-                      logit_diff_corrupted=('logit_diff_corrupted', 'mean'), rescue_score=('rescue_score', 'mean'),
-                      degenerate=('degenerate', 'sum'))
+        "Counts of each failure class, mean metrics, failed runs with a rescue score and their median best rescue, per `by` cell."
+        df = self.df.assign(_has_rescue=self.df.rescue_na == '')
+        g = df.groupby(list(by))
+        counts = pd.crosstab([df[c] for c in by], df.patch_class).reindex(columns=list(PATCH_CLASSES), fill_value=0)
+        stats = g.agg(n=('example_id', 'size'), accuracy=('survives', 'mean'), logit_diff_clean=('logit_diff_clean', 'mean'),
+                      logit_diff_corrupted=('logit_diff_corrupted', 'mean'), margin_clean=('margin_clean', 'mean'),
+                      margin_corrupted=('margin_corrupted', 'mean'), n_rescue=('_has_rescue', 'sum'),
+                      rescue_score=('rescue_score', 'median'), degenerate=('degenerate', 'sum'))
         return stats.join(counts)
 
-    def site_table(self) -> pd.DataFrame:
-        "Mean rescue per patch site over all examples: `hook_name, layer, head, pos, mean_rescue, n` (`pos` counted from the end)."
-        import warnings
-        rows = []
-        for site in self.groups[0].sweep.rescue if self.groups else []:
-            act, axes = SITES[site]
-            items = [(gr.str_tokens, gr.sweep.rescue[site]) for gr in self.groups]
-            arr = _right_aligned(items)[0] if 'pos' in axes else np.concatenate([a for _, a in items], 0)
-            with np.errstate(all='ignore'), warnings.catch_warnings():
-                warnings.simplefilter('ignore')
-                mean, n = np.nanmean(arr, 0), (~np.isnan(arr)).sum(0)
-            P = arr.shape[2] if 'pos' in axes else 0
-            for idx in np.ndindex(mean.shape):
-                ix = dict(zip(axes, idx))
-                rows.append(dict(site=site, hook_name=tl_utils.get_act_name(act, layer=ix['layer']), layer=ix['layer'], head=ix.get('head', np.nan),
-                                 pos=ix['pos'] - P if 'pos' in ix else np.nan, mean_rescue=mean[idx], n=int(n[idx])))
-        return pd.DataFrame(rows)
+    def site_table(self, **kw) -> pd.DataFrame:
+        "Sites ranked by median rescue on failed, non-degenerate runs with a bootstrap interval, one row per distinct patch: `actlab.rescue.site_table`."
+        from actlab.rescue import site_table  # built on this module, so imported when first needed
+        return site_table(self, **kw)
+
+    def top_sites(self, k: int = 3, **kw) -> pd.DataFrame:
+        "The `k` best-rescuing distinct patches: `actlab.rescue.top_sites`."
+        from actlab.rescue import top_sites
+        return top_sites(self, k=k, **kw)
 
     def site_values(self, site: str, kind: str = 'rescue', **filters) -> list[tuple[list[list[str]], np.ndarray]]:
         "Per group, the corrupted tokens and the `[n, ...]` array of `site` (`kind` 'rescue' or 'patched') of the examples matching `filters` (df columns)."
@@ -800,18 +875,25 @@ class PatchingResult:
             if m.any(): out.append(([t for t, keep in zip(gr.str_tokens, m) if keep], arr[m]))
         return out
 
+_PAIR_COLS = ('example_id', 'problem_id', 'corruption_type', 'family_kind', 'suffix_length', 'seq_len', 'prompt_clean', 'prompt_corrupted')
+
 def patch_pairs(model: HookedTransformer, pairs, cfg: PatchingConfig = PatchingConfig()) -> PatchingResult:
-    "Phase B: sweep every equal-length group of `pairs` (an `actlab.tasks.PairSet`) and classify every example."
-    groups, rows = [], []
+    "Phase B: sweep every equal-length group of `pairs` (an `actlab.tasks.PairSet`), find the sites that are the same patch, classify every example."
+    from actlab.rescue import site_aliases, canonical_index
+    groups, parts = [], []
     for g in pairs.groups():
         clean, corrupted = g.tokens('clean'), g.tokens('corrupted')
         res = sweep(model, clean, corrupted, g.answer_ids, g.distractor_ids, cfg)
-        tab = classify(model, res, cfg)
         toks = [[pairs.tokenizer.convert_ids_to_tokens(int(t)) for t in row] for row in corrupted]
-        groups.append(GroupResult(g.df.example_id.to_numpy(), toks, res))
-        rows.append(pd.concat([g.df[['example_id', 'corruption_type', 'suffix_length', 'seq_len', 'prompt_clean', 'prompt_corrupted']], tab], axis=1))
-    df = pd.concat(rows, ignore_index=True).sort_values('example_id', ignore_index=True)
-    return PatchingResult(groups, df, cfg, model.cfg.n_layers, model.cfg.n_heads)
+        groups.append(GroupResult(g.df.example_id.to_numpy(), toks, res)); parts.append(g)
+    result = PatchingResult(groups, pd.DataFrame(), cfg, model.cfg.n_layers, model.cfg.n_heads)
+    result.aliases = site_aliases(result, tol=cfg.alias_tol)
+    rows = []
+    for g, gr in zip(parts, groups):
+        tab = classify(model, gr.sweep, cfg, canonical=canonical_index(result.aliases, seq=len(gr.str_tokens[0])))
+        rows.append(pd.concat([g.df[[c for c in _PAIR_COLS if c in g.df]], tab], axis=1))
+    result.df = pd.concat(rows, ignore_index=True).sort_values('example_id', ignore_index=True)
+    return result
 
 # %% ../nbs/04_patching.ipynb #24c55733
 def _right_aligned(items: list[tuple[list[list[str]], np.ndarray]]) -> tuple[np.ndarray, list[str]]:

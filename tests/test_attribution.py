@@ -145,9 +145,14 @@ def test_patch_pairs_with_atp_methods():
     assert len(res.df) == len(pairs)
     g, gr = pairs.groups()[0], res.groups[0]
     args = (model, g.tokens('clean'), g.tokens('corrupted'), g.answer_ids, g.distractor_ids)
-    np.testing.assert_allclose(gr.sweep.patched['head'], attribution_patch(*args, site='head').numpy(), atol=1e-5)
-    np.testing.assert_allclose(gr.sweep.patched['resid_pre'], attribution_patch(*args, site='resid_pre', verify_top=2).numpy(), atol=1e-5)
+    np.testing.assert_allclose(gr.sweep.patched['head'], attribution_patch(*args, site='head', metric='margin').numpy(), atol=1e-5)
+    np.testing.assert_allclose(gr.sweep.patched['resid_pre'], attribution_patch(*args, site='resid_pre', verify_top=2, metric='margin').numpy(), atol=1e-5)
     assert gr.sweep.methods == {'resid_pre': 'atp_verify', 'head': 'atp'}
+    # the metric and direction are the config's: the logit difference, noising
+    res = patch_pairs(model, pairs, cfg.replace(metric='logit_diff', direction='noising'))
+    gr = res.groups[0]
+    np.testing.assert_allclose(gr.sweep.patched['head'], attribution_patch(*args, site='head', direction='noising').numpy(), atol=1e-5)
+    assert res.metric == 'logit_diff' and set(res.df.direction) == {'noising'}
 
 
 def test_left_padded_prompts_qk_fix():

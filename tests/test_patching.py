@@ -137,6 +137,39 @@ def test_rescue_guard_flags_and_keeps_degenerate():
     assert deg.tolist() == [False, True] and np.isnan(r[1]).all()
 
 
+def test_rescue_guard_is_relative():
+    "A gap of 0.5 next to a clean metric of 7 is degenerate at rel=0.1 (threshold 0.7); an absolute 0.1 guard would keep it."
+    clean, corrupted = np.array([7.0, 7.0, 2.0]), np.array([6.5, 6.0, 1.5])
+    _, deg = rescue_scores(np.zeros((3, 1)), clean, corrupted, eps=0.1, rel=0.1)
+    assert deg.tolist() == [True, False, False]
+    _, deg = rescue_scores(np.zeros((3, 1)), clean, corrupted, eps=0.1, rel=0.0)
+    assert deg.tolist() == [False, False, False]
+    # degenerate examples are kept (flagged, NaN), never dropped, in patch_pairs
+    tok = build_word_tokenizer()
+    model = tiny_model(d_model=32, d_vocab=len(tok)); model.set_tokenizer(tok, default_padding_side='right')
+    pairs = make_pairs(TaskConfig(families=('junk_words',), n_per_cell=3, suffix_lengths=(1,)), tok)
+    res = patch_pairs(model, pairs, PatchingConfig(sites=('resid_pre',), degenerate_rel=0.99))
+    assert len(res.df) == len(pairs)
+    m = res.df.degenerate & res.df.survives.eq(False) & res.df.clean_correct
+    assert (res.df.rescue_na[m] == 'degenerate').all() and res.df.rescue_score[res.df.degenerate].isna().all()
+
+
+def test_noising_patches_corrupted_into_clean():
+    model = tiny_model()
+    clean, corrupted = batch(model, b=4)
+    a, d = torch.arange(4), torch.arange(4) + 4
+    res = sweep(model, clean, corrupted, a, d, PatchingConfig(sites=('resid_pre',), direction='noising'))
+    np.testing.assert_allclose(res.patched['resid_pre'], per_example_patch(model, corrupted, clean, a, site='resid_pre', metric='margin').numpy(), atol=1e-4)
+    assert res.direction == 'noising'
+    # an unchanged position (the first token is shared) gives the clean run's metric back
+    np.testing.assert_allclose(res.patched['resid_pre'][:, 0, 0], res.margin_clean, atol=1e-4)
+    # rescue = (clean - patched) / (clean - corrupted), n/a unless the corrupted run failed and the clean one is right
+    r, _ = rescue_scores(res.patched['resid_pre'], res.margin_clean, res.margin_corrupted, direction='noising')
+    ok = res.rescue_na == ''
+    np.testing.assert_allclose(res.rescue['resid_pre'][ok], r[ok])
+    assert np.isnan(res.rescue['resid_pre'][~ok]).all()
+
+
 @pytest.fixture(scope='module')
 def small_study():
     tok = build_word_tokenizer()
@@ -152,7 +185,7 @@ def test_patch_pairs_one_row_per_example(small_study):
     assert set(res.df.patch_class) <= set(PATCH_CLASSES)
     for col in ['example_id', 'logit_diff_clean', 'logit_diff_corrupted', 'best_patch_site', 'rescue_score', 'degenerate', 'patch_class']:
         assert col in res.df
-    ok = res.df[~res.df.degenerate]
+    ok = res.df[res.df.rescue_na == '']
     assert ok.best_patch_site.str.match(r'^blocks\.\d+\.(hook_resid_pre@pos\d+|hook_attn_out@pos\d+|hook_mlp_out@pos\d+|attn\.hook_z@head\d+)$').all()
     s = res.summary()
     assert s['n'].sum() == len(pairs)
@@ -163,6 +196,14 @@ def test_patch_pairs_one_row_per_example(small_study):
     ld = (logits.gather(1, g.answer_ids[:, None]) - logits.gather(1, g.distractor_ids[:, None]))[:, 0].detach().numpy()
     row = res.df.set_index('example_id').loc[g.df.example_id]
     np.testing.assert_allclose(row.logit_diff_corrupted.to_numpy(), ld, atol=1e-4)
+    # survives is argmax correctness of the corrupted run (by hand), and the metric is recorded
+    assert row.survives.tolist() == (logits.argmax(-1) == g.answer_ids).tolist()
+    top2 = logits.topk(2, dim=-1).values
+    ans = logits.gather(1, g.answer_ids[:, None])[:, 0]
+    margin = torch.where(logits.argmax(-1) == g.answer_ids, ans - top2[:, 1], ans - top2[:, 0]).detach().numpy()
+    np.testing.assert_allclose(row.margin_corrupted.to_numpy(), margin, atol=1e-4)
+    assert set(res.df.metric) == {'margin'} and res.metric == 'margin'
+    assert res.df.rescue_score[res.df.rescue_na != ''].isna().all()
 
 
 def test_patch_class_order_and_thresholds():
@@ -171,12 +212,23 @@ def test_patch_class_order_and_thresholds():
         ld_clean=np.array([3.0, 3.0, 3.0, 3.0]), ld_corrupted=np.array([0.5, -1.0, -1.0, -1.0]), patched={},
         rescue={'resid_pre': np.array([[[0, 0], [0, 0]], [[0.2, 0], [0, 0.9]], [[0.7, 0], [0, 0]], [[0, 0], [0, 0.1]]], float),
                 'attn_out': np.array([[[0, 0], [0, 0]], [[0, 0.6], [0, 0]], [[0, 0], [0, 0]], [[0, 0], [0, 0]]], float)},
-        degenerate=np.zeros(4, bool))
+        degenerate=np.zeros(4, bool), margin_clean=np.full(4, 3.0), margin_corrupted=np.array([0.5, -1.0, -1.0, -1.0]))
     tab = classify(model, res, PatchingConfig(rescue_threshold=0.5))
     assert tab.patch_class.tolist() == ['survives', 'rescued_attn', 'rescued_early_resid', 'unrescued']
     assert tab.best_patch_site[1] == 'blocks.1.hook_resid_pre@pos1'
+    assert np.isnan(tab.rescue_score[0]) and tab.rescue_na[0] == 'survived' and tab.best_patch_site[0] == ''  # n/a: it did not fail
     tab = classify(model, res, PatchingConfig(rescue_threshold=0.5, class_priority=('late_resid', 'early_resid', 'head', 'attn', 'mlp')))
     assert tab.patch_class[1] == 'rescued_late_resid'
+
+
+def test_survives_is_argmax_not_the_distractor():
+    "An example whose answer beats the distractor but loses to a third token does not survive (the old definition said it did)."
+    model = tiny_model(n_layers=2)
+    res = P.SweepResult(ld_clean=np.array([3.0, 3.0]), ld_corrupted=np.array([1.0, 1.0]), patched={},
+                        rescue={'resid_pre': np.zeros((2, 2, 2))}, degenerate=np.zeros(2, bool),
+                        margin_clean=np.array([3.0, 3.0]), margin_corrupted=np.array([-0.5, 0.5]))
+    tab = classify(model, res)
+    assert tab.survives.tolist() == [False, True]
 
 
 def test_heatmaps(small_study):
@@ -195,10 +247,10 @@ def test_heatmaps(small_study):
     fig = heatmap_layer_pos_by_family(res, 'attn_out', suffix_length=1)
     assert len(fig.data) == 2 * len(fams)
     # the mean panel of one family equals the nan-mean over that family's examples (all one length at suffix 1 per template)
-    fig = heatmap_layer_head_by_family(res)
+    fig = heatmap_layer_head_by_family(res, kind='patched')  # (rescue is n/a on this random model: no clean run is right)
     assert len(fig.data) == 2 * len(fams)
     ids = set(res.df.example_id[res.df.corruption_type == fams[0]])
-    arr = np.concatenate([g.sweep.rescue['head'][[e in ids for e in g.example_ids]] for g in res.groups])
+    arr = np.concatenate([g.sweep.patched['head'][[e in ids for e in g.example_ids]] for g in res.groups])
     np.testing.assert_allclose(np.array(fig.data[0].z, dtype=float), np.nanmean(arr, 0), atol=1e-9)
 
 
