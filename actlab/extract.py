@@ -18,6 +18,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 from .core import Config, ConfigError, check, state_dict_hash
+from .metrics import correct, logit_diff
 from .tasks import PairSet
 from .store import StoreWriter, ActivationStore, StoreError, to_arrow, LABEL_COLUMNS, combine
 
@@ -273,9 +274,8 @@ def _labels_frame(df: pd.DataFrame, labels: pd.DataFrame | None) -> pd.DataFrame
         if c in ('best_patch_site', 'failure_class'): out[c] = pd.Series(v, index=df.index).fillna('').astype(str)
         elif c == 'survives': out[c] = pd.array(v, dtype='boolean')
         else: out[c] = v
-    if 'logit_diff_corrupted' in lab and 'survives' not in lab:
-        ld = out.logit_diff_corrupted.to_numpy(float)
-        out['survives'] = pd.array(np.where(np.isnan(ld), None, ld > 0), dtype='boolean')
+    # `survives` means argmax correct (actlab.metrics.correct); a logit difference alone cannot tell it, so labels given
+    # without `survives` leave it unknown rather than guess it from `logit_diff > 0`
     ldc, ldx = out.logit_diff_clean.to_numpy(float), out.logit_diff_corrupted.to_numpy(float)
     bad = (np.isinf(ldc) | np.isinf(ldx)) | (np.isnan(ldx) & ~out.survives.isna().to_numpy())  # a label made from a non-finite metric
     out['nonfinite'] = bad
@@ -374,20 +374,22 @@ def extract(model,  # a HookedTransformer
                     if cfg.positions == 'all': dst[bi, :x.shape[1]] = x
                     else: dst[bi] = x
             else: logits = _last_logits(model, model(toks_k, stop_at_layer=model.cfg.n_layers))
-            if need_logits:
-                r = torch.arange(len(sub), device=device)
-                ld[kind][bi] = (logits[r, ans] - logits[r, dis]).float().cpu().numpy()
+            if need_logits:  # the study's one definition of each metric (actlab.metrics)
+                lg = logits.float()
+                ld[kind][bi] = logit_diff(lg, ans, dis).cpu().numpy()
+                ld[f'correct_{kind}'][bi] = correct(lg, ans).cpu().numpy()
 
     def shard_table(j: int, m: pd.DataFrame, batches: list) -> tuple[pa.Table, dict]:
         "Shard `j` as an Arrow table, with its count of non-finite values per column."
         out = {c: np.zeros((len(m), *spec['shape']), np_dtype) for c, spec in columns.items()}
         ld = {kind: np.full(len(m), np.nan) for kind in ('clean', 'corrupted')}
+        ld.update({f'correct_{kind}': np.zeros(len(m), bool) for kind in ('clean', 'corrupted')})
         for bi, toks in batches:
             run_batch(m.iloc[bi], toks.result(), bi, out, ld)
             bar.update(len(bi))
         if need_logits:
             m['logit_diff_clean'], m['logit_diff_corrupted'] = ld['clean'], ld['corrupted']
-            m['survives'] = pd.array(np.where(np.isfinite(ld['corrupted']), ld['corrupted'] > 0, None), dtype='boolean')
+            m['survives'] = pd.array(np.where(np.isfinite(ld['corrupted']), ld['correct_corrupted'], None), dtype='boolean')  # = correct
         # the `nonfinite` flag: a row with a NaN/inf activation or logit difference gets no label (never a class)
         rowbad = m['nonfinite'].to_numpy(bool).copy()
         for x in out.values(): rowbad |= ~np.isfinite(x.reshape(len(m), -1)).all(1)

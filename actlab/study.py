@@ -278,7 +278,7 @@ def run_study(cfg: StudyConfig = StudyConfig(), out: str | Path = 'results', pro
     rep.table(res.df.patch_class.value_counts().rename('examples').to_frame())
     if 'resid_pre' in cfg.patching.sites: rep.fig(heatmap_layer_pos_by_family(res, 'resid_pre'))
     if 'head' in cfg.patching.sites: rep.fig(heatmap_layer_head(res))
-    rep.p('Sites with the highest mean rescue:'); rep.table(best)
+    rep.p('Sites with the highest median rescue on failed OOD runs:'); rep.table(best)
     finish('patching', t0, patch_classes=res.df.patch_class.value_counts().to_dict(), top_sites=best.site.tolist())
     if 'extraction' not in cfg.phases: return _close(bar, folder)
     if 'probes' in cfg.phases:

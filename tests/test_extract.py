@@ -85,7 +85,7 @@ def test_matches_run_with_cache_and_labels(mp, tmp_path):
             ldl = (ll[ar, -1, g.answer_ids] - ll[ar, -1, g.distractor_ids]).numpy()
             np.testing.assert_allclose(meta.logit_diff_corrupted.to_numpy()[r], ldc, atol=1e-4)
             np.testing.assert_allclose(meta.logit_diff_clean.to_numpy()[r], ldl, atol=1e-4)
-            assert (meta.survives.to_numpy()[r] == (ldc > 0)).all()
+            assert (meta.survives.to_numpy()[r] == (lc[:, -1].argmax(-1) == g.answer_ids).numpy()).all()  # survives = argmax correct
     finally: model.set_use_attn_result(False)
     m = st.manifest
     assert m['model']['weights_hash'] == model_identity(model)['weights_hash']
