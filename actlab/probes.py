@@ -842,6 +842,7 @@ def subspace_rescue(model, pairs,  # a `PairSet` (the rows to score)
     "Per pair: rescue of the margin by the decoder's answer subspace and by random subspaces of the same dimension."
     from actlab.metrics import margin
     from actlab.baseline import last_logits
+    from actlab.patching import degenerate_mask
     rng = np.random.default_rng(seed)
     basis = answer_subspace(decoder, k)
     d = basis.shape[1]
@@ -853,7 +854,7 @@ def subspace_rescue(model, pairs,  # a `PairSet` (the rows to score)
         m_sub = subspace_patched_margin(model, ct, xt, a, hook_name, basis)
         m_rand = np.mean([subspace_patched_margin(model, ct, xt, a, hook_name, b) for b in rand], 0)
         den = m_clean - m_corr
-        ok = np.abs(den) > np.maximum(0.1, 0.05 * np.abs(m_clean))  # relative degenerate guard, as in patching
+        ok = ~degenerate_mask(m_clean, m_corr)  # patching's one degenerate guard
         rows.append(pd.DataFrame(dict(example_id=g.df.example_id.to_numpy(), problem_id=g.df.problem_id.to_numpy(),
                                       corruption_type=g.df.corruption_type.to_numpy(), margin_clean=m_clean, margin_corrupted=m_corr,
                                       rescue_subspace=np.where(ok, (m_sub - m_corr) / np.where(ok, den, 1), np.nan),
