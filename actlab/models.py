@@ -22,7 +22,7 @@ from .tasks import TaskConfig, TEMPLATES, ID_FILLERS, SUFFIX_FAMILIES, all_probl
 __all__ = ['RECIPES', 'DEFAULT_MODEL_DIR', 'DEFAULT_CORPUS_DIR', 'BuiltinModelConfig', 'text_words', 'filler_words',
            'CorpusBuilder', 'build_corpus', 'save_corpus', 'load_corpus', 'heldout_ce', 'train_builtin_model',
            'save_model', 'ModelLoadError', 'load_saved_model', 'data_dir', 'builtin_folder', 'corpus_folder',
-           'builtin_corpus', 'load_builtin_model', 'load_model']
+           'builtin_corpus', 'load_builtin_model', 'load_model', 'random_like']
 
 # %% ../nbs/02_models.ipynb #0151bfa4
 @dataclass
@@ -358,3 +358,17 @@ def load_model(name: str = 'builtin', device: str | None = None, **from_pretrain
     model = HookedTransformer.from_pretrained(name, device=device or default_device(), **from_pretrained_kwargs)
     model.actlab_identity = dict(name=official, weights_hash=state_dict_hash(model.state_dict()), path=None)
     return model.eval()
+
+# %% ../nbs/02_models.ipynb #rlike002
+def random_like(model: HookedTransformer,  # the model whose architecture and tokenizer to copy
+                seed: int = 1,  # the seed of the random weights
+               ) -> HookedTransformer:
+    "A random-weight `HookedTransformer` of the same configuration and tokenizer (the null model for claim tests)."
+    from transformer_lens import HookedTransformerConfig
+    fields = HookedTransformerConfig.__dataclass_fields__
+    cfg = {k: v for k, v in model.cfg.to_dict().items() if k in fields and k not in ('n_params', 'device')}
+    cfg['seed'], cfg['device'] = seed, str(model.cfg.device)
+    rnd = HookedTransformer(HookedTransformerConfig(**cfg), tokenizer=model.tokenizer).eval()
+    rnd.actlab_identity = dict(name=f'random_like({getattr(model, "actlab_identity", {}).get("name", "model")}, seed={seed})',
+                               weights_hash=state_dict_hash(rnd.state_dict()), path=None)
+    return rnd

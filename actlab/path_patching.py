@@ -18,7 +18,8 @@ from .patching import check_tokens, rows_per_chunk, metric_from_resid, resolve_m
 
 # %% auto #0
 __all__ = ['senders_of', 'receivers_of', 'PathPatchResult', 'path_patch', 'path_patch_naive', 'path_matrix', 'heatmap_paths',
-           'path_table']
+           'path_table', 'HeadPaths', 'head_paths', 'reader_head_table', 'plot_reader_heads', 'reader_head_claim',
+           'reader_heads_by_family']
 
 # %% ../nbs/04b_path_patching.ipynb #96e11724
 def senders_of(model: HookedTransformer, kinds: Sequence[str] = ('head', 'mlp')) -> list[str]:
@@ -290,3 +291,155 @@ def path_table(res: PathPatchResult, kind: str = 'effect', eps: float = 0.1) -> 
                              std=float(v[:, j, k].std()) if len(v) else np.nan, n=len(v)))
     df = pd.DataFrame(rows)
     return df.reindex(df['mean'].abs().sort_values(ascending=False).index).reset_index(drop=True)
+
+# %% ../nbs/04b_path_patching.ipynb #rh000002
+@dataclass
+class HeadPaths:
+    "Per-example path rescue of every head's path to one receiver (`head_paths`)."
+    df: 'pd.DataFrame'  # one row per example: the pair columns, clean / corrupted metric, `failed`, `rescue_na`
+    rescue: np.ndarray  # [N, n_layers * n_heads] path rescue; NaN where `rescue_na` is not ''
+    effect: np.ndarray  # [N, n_layers * n_heads] patched − corrupted metric
+    heads: list[str]  # the column labels, 'L{layer}H{head}'
+    n_layers: int
+    n_heads: int
+    receiver: str = 'resid_final'
+    metric: str = 'margin'
+
+def head_paths(model: HookedTransformer,
+               pairs,  # an `actlab.tasks.PairSet` (e.g. the failed OOD runs and their controls)
+               receiver: str = 'resid_final',  # where each head's path ends: 'resid_final' or a head input 'L{l}H{h}.q'/.k/.v
+               freeze: str = 'heads',  # as `path_patch`
+               memory_mb: float = 256.0,
+               progress: bool = False,  # a tqdm bar over the equal-length groups
+              ) -> HeadPaths:
+    "Path rescue of every head (sender) through `receiver`, per example, under the margin: `[N, head]` plus the pairs' columns."
+    import pandas as pd
+    from tqdm.auto import tqdm
+    from actlab.patching import degenerate_mask
+    senders = [f'L{l}H{h}' for l in range(model.cfg.n_layers) for h in range(model.cfg.n_heads)]
+    frames, res_parts, eff_parts = [], [], []
+    for g in tqdm(pairs.groups(), desc='head paths', disable=not progress):
+        r = path_patch(model, g.tokens('clean'), g.tokens('corrupted'), g.answer_ids, None, senders=senders, receivers=[receiver],
+                       freeze=freeze, memory_mb=memory_mb, metric='margin')
+        clean, corr = r.clean.cpu().numpy().astype(float), r.corrupted.cpu().numpy().astype(float)
+        eff = r.effect[:, :, 0].cpu().numpy().astype(float)
+        why = np.full(len(clean), '', dtype=object)
+        why[degenerate_mask(clean, corr)] = 'degenerate'
+        why[~(clean > 0)] = 'clean_wrong'
+        why[corr > 0] = 'survived'
+        ok = why == ''
+        rescue = np.full_like(eff, np.nan)
+        rescue[ok] = eff[ok] / (clean - corr)[ok, None]
+        cols = [c for c in ('example_id', 'problem_id', 'prompt_clean', 'corruption_type', 'family_kind', 'suffix_length') if c in g.df]
+        frames.append(g.df[cols].reset_index(drop=True).assign(metric_clean=clean, metric_corrupted=corr, failed=ok, rescue_na=why.astype(str)))
+        res_parts.append(rescue); eff_parts.append(eff)
+    if not frames: raise ValueError("head_paths got no pairs")
+    df = pd.concat(frames, ignore_index=True)
+    order = np.argsort(df.example_id.to_numpy(), kind='stable') if 'example_id' in df else np.arange(len(df))
+    return HeadPaths(df.iloc[order].reset_index(drop=True), np.concatenate(res_parts)[order], np.concatenate(eff_parts)[order], senders,
+                     model.cfg.n_layers, model.cfg.n_heads, receiver, 'margin')
+
+# %% ../nbs/04b_path_patching.ipynb #rh000007
+def _family_rows(hp: HeadPaths, family: str | None, example_ids=None) -> np.ndarray:
+    keep = hp.df.failed.to_numpy().copy()
+    if family is not None:
+        if family not in set(hp.df.corruption_type):
+            raise ValueError(f"family {family!r} is not in these head paths; they have {sorted(set(hp.df.corruption_type))}")
+        keep &= (hp.df.corruption_type == family).to_numpy()
+    if example_ids is not None: keep &= hp.df.example_id.isin(list(example_ids)).to_numpy()
+    return keep
+
+def _groups(hp: HeadPaths) -> np.ndarray:
+    return hp.df['problem_id' if 'problem_id' in hp.df else 'prompt_clean'].to_numpy()
+
+def reader_head_table(hp: HeadPaths,
+                      family: str | None = None,  # one corruption family (None: every failed run)
+                      example_ids=None,  # restrict to these examples (e.g. the selection half)
+                      n_boot: int = 1000, alpha: float = 0.05, seed: int = 0) -> 'pd.DataFrame':
+    "Heads ranked by median path rescue on the family's failed runs, with a bootstrap interval by clean problem."
+    import pandas as pd
+    from actlab.rescue import _bootstrap_columns
+    keep = _family_rows(hp, family, example_ids)
+    R = hp.rescue[keep]
+    ci = _bootstrap_columns(R, _groups(hp)[keep], np.median, n_boot, alpha, seed) if keep.any() else np.full((len(hp.heads), 3), np.nan)
+    t = pd.DataFrame(dict(head=hp.heads, layer=[i // hp.n_heads for i in range(len(hp.heads))], head_index=[i % hp.n_heads for i in range(len(hp.heads))],
+                          median_rescue=ci[:, 0], lo=ci[:, 1], hi=ci[:, 2], n=np.isfinite(R).sum(0)))
+    t['family'], t['receiver'], t['metric'] = family or 'all', hp.receiver, hp.metric
+    return t.sort_values(['median_rescue', 'head'], ascending=[False, True], na_position='last', ignore_index=True)
+
+# %% ../nbs/04b_path_patching.ipynb #rh000009
+def plot_reader_heads(hp: HeadPaths, families: Sequence[str] | None = None, n_boot: int = 0):
+    "Median path rescue per head (layer x head) on each family's failed runs, one panel per family, n in the titles."
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+    fams = list(families) if families is not None else sorted(set(hp.df.corruption_type[hp.df.failed]))
+    if not fams: raise ValueError("no failed runs to plot: every run survived, was wrong when clean, or was degenerate")
+    tabs = [reader_head_table(hp, f, n_boot=n_boot) for f in fams]
+    z = [t.sort_values(['layer', 'head_index']).median_rescue.to_numpy().reshape(hp.n_layers, hp.n_heads) for t in tabs]
+    top = float(np.nanmax(np.abs(np.stack(z)))) if np.isfinite(np.stack(z)).any() else 1.0
+    ncol = min(4, len(fams)); nrow = -(-len(fams) // ncol)
+    fig = make_subplots(nrow, ncol, subplot_titles=[f'{f} (n={int(_family_rows(hp, f).sum())} failed)' for f in fams],
+                        horizontal_spacing=0.06, vertical_spacing=0.12)
+    for i, zz in enumerate(z):
+        fig.add_trace(go.Heatmap(z=zz, x=[f'H{h}' for h in range(hp.n_heads)], y=[f'L{l}' for l in range(hp.n_layers)], colorscale='RdBu',
+                                 zmid=0, zmin=-top, zmax=top, showscale=i == 0,
+                                 colorbar=dict(title=dict(text='median<br>path rescue', side='right'), len=0.8),
+                                 hovertemplate='%{y} %{x}<br>median path rescue %{z:.2f}<extra></extra>'), i // ncol + 1, i % ncol + 1)
+    fig.update_layout(title=f"Which heads' paths to {hp.receiver} restore the margin, by family (failed runs only)",
+                      height=140 + 230 * nrow, autosize=True, margin=dict(t=80, r=90))
+    fig.update_yaxes(autorange='reversed')
+    fig.update_annotations(font_size=11)
+    return fig
+
+# %% ../nbs/04b_path_patching.ipynb #rh000011
+def reader_head_claim(hp: HeadPaths,
+                      family: str,  # the corruption family the claim is about
+                      seed: int = 0,  # the split into halves and the random control heads
+                      n_boot: int = 2000, alpha: float = 0.05,
+                      min_n: int = 10,  # fewer scored failures than this: the claim does not hold
+                      control: str = 'same_layer',  # 'same_layer': a random other head of the chosen head's layer; 'any': any other head
+                     ) -> 'Claim':
+    "Claim: the head chosen on half the problems restores the other half's failed `family` runs, through its path, more than a random head."
+    from actlab.metrics import Claim, bootstrap_ci, split_halves
+    if control not in ('same_layer', 'any'): raise ValueError(f"control must be 'same_layer' or 'any', got {control!r}")
+    if hp.n_heads < 2 and control == 'same_layer': raise ValueError("a model with one head per layer has no same-layer control; use control='any'")
+    groups = _groups(hp)
+    half = split_halves(groups, seed)
+    sel = hp.df.example_id[half].to_numpy()
+    ranked = reader_head_table(hp, family, example_ids=sel, n_boot=0)
+    chosen = ranked[ranked.median_rescue.notna()].head(1)
+    score = _family_rows(hp, family, hp.df.example_id[~half].to_numpy())
+    R, g = hp.rescue[score], groups[score]
+    ev = dict(family=family, receiver=hp.receiver, metric=hp.metric, seed=seed, control=control, min_n=min_n,
+              n_selection_failed=int(_family_rows(hp, family, sel).sum()), n_scoring_failed=int(score.sum()))
+    if chosen.empty or not len(R):
+        return Claim('reader_head', f"{family} breaks a reader head: none can be chosen (no failed runs on one half)", False, ev)
+    c = chosen.iloc[0]
+    j = hp.heads.index(c['head'])
+    pool = [i for i in range(len(hp.heads)) if i != j and (control == 'any' or i // hp.n_heads == j // hp.n_heads)]
+    rng = np.random.default_rng(seed)
+    rand = R[np.arange(len(R)), rng.choice(pool, size=len(R))]
+    top = R[:, j]
+    diff = bootstrap_ci(top - rand, g, np.median, n_boot, alpha, seed)
+    t_ci, r_ci = bootstrap_ci(top, g, np.median, n_boot, alpha, seed), bootstrap_ci(rand, g, np.median, n_boot, alpha, seed)
+    holds = bool(len(R) >= min_n and np.isfinite(diff[1]) and diff[1] > 0)
+    ev.update(head=c['head'], layer=int(c['layer']), selection_median=float(c['median_rescue']), n=int(len(R)), n_groups=int(len(set(g))),
+              median_rescue=t_ci[0], ci_low=t_ci[1], ci_high=t_ci[2], control_median_rescue=r_ci[0], control_ci=[r_ci[1], r_ci[2]],
+              median_difference=diff[0], difference_ci=[diff[1], diff[2]])
+    return Claim('reader_head', f"{family} breaks reader head {c['head']}: its path to {hp.receiver}, chosen on half the problems, "
+                 f"restores the other half's failed runs more than a random {'head of its layer' if control == 'same_layer' else 'head'} "
+                 f"(median paired difference of path rescue, {hp.metric})", holds, ev)
+
+def reader_heads_by_family(hp: HeadPaths,
+                           families: Sequence[str] | None = None,  # default: every OOD family with failed runs
+                           **kw) -> tuple[list, 'pd.DataFrame']:
+    "`reader_head_claim` for each family, and one table row per family: the chosen head, its held-out rescue and interval, the verdict."
+    import pandas as pd
+    if families is None:
+        kinds = hp.df.family_kind if 'family_kind' in hp.df else pd.Series('ood', index=hp.df.index)
+        families = sorted(set(hp.df.corruption_type[(kinds == 'ood') & hp.df.failed]))
+    claims = [reader_head_claim(hp, f, **kw) for f in families]
+    rows = [dict(family=c.evidence['family'], head=c.evidence.get('head'), median_rescue=c.evidence.get('median_rescue'),
+                 ci_low=c.evidence.get('ci_low'), ci_high=c.evidence.get('ci_high'), control=c.evidence.get('control_median_rescue'),
+                 n=c.evidence.get('n', 0), holds=c.holds) for c in claims]
+    return claims, pd.DataFrame(rows)

@@ -5,17 +5,13 @@ import torch
 
 from actlab.patching import tiny_model, per_example_patch, prompt_logit_diff, PatchingConfig, sweep, patch_pairs
 from actlab.attribution import attribution_patch, agreement, agreement_table, _run
+from helpers import toy_batch
 
 ALL_SITES = ('resid_pre', 'resid_mid', 'attn_out', 'mlp_out', 'head', 'head_by_pos', 'q', 'k', 'v', 'q_by_pos', 'k_by_pos', 'v_by_pos',
              'pattern', 'pattern_by_pos')
 
 
-def toy(model, b=4, seq=6, seed=5):
-    g = torch.Generator().manual_seed(seed)
-    clean = torch.randint(0, model.cfg.d_vocab, (b, seq), generator=g)
-    corrupted = clean.clone()
-    corrupted[:, 2:5] = torch.randint(0, model.cfg.d_vocab, (b, 3), generator=g)
-    return clean, corrupted, torch.arange(b) + 3, torch.arange(b) + 11
+toy = toy_batch  # 4 random prompts of 6 tokens, positions 2:5 corrupted, answers 3.., distractors 11..
 
 
 @pytest.mark.parametrize('arch', [dict(attn_only=True, normalization_type=None, n_layers=3, n_heads=2),

@@ -10,15 +10,17 @@ import torch
 from actlab.core import ConfigError, state_dict_hash
 from actlab.tasks import TaskConfig, make_pairs, build_word_tokenizer, SCHEMA, TEMPLATES, all_problems
 from actlab.models import (BuiltinModelConfig, ModelLoadError, load_model, save_model, load_saved_model, CorpusBuilder,
-                           build_corpus, builtin_corpus, corpus_folder, heldout_ce, train_builtin_model, data_dir, DEFAULT_MODEL_DIR)
+                           build_corpus, builtin_corpus, corpus_folder, heldout_ce, train_builtin_model, data_dir, DEFAULT_MODEL_DIR,
+                           random_like)
 from actlab.baseline import (evaluate_pairs, condition_table, phenomenon_claims, prompt_report, answer_attribution, answer_bias,
                              decodability_by_layer, decodability_table, decodable_upstream_claim)
 from actlab.metrics import correct, margin
+from helpers import builtin_model
 
 
 @pytest.fixture(scope='module')
 def model():
-    return load_model('builtin', device='cpu')
+    return builtin_model()
 
 
 @pytest.fixture(scope='module')
@@ -77,12 +79,7 @@ def test_phenomenon_claims_hold_on_the_shipped_model(model):
     assert half.max() <= 0.08
 
 
-def _random_model(model, seed=1):
-    from transformer_lens import HookedTransformer
-    cfg = model.cfg.to_dict(); cfg['seed'] = seed
-    from transformer_lens import HookedTransformerConfig
-    return HookedTransformer(HookedTransformerConfig(**{k: v for k, v in cfg.items() if k in HookedTransformerConfig.__dataclass_fields__
-                                                        and k not in ('n_params', 'device')}), tokenizer=model.tokenizer).eval()
+_random_model = random_like
 
 
 def test_claims_fail_on_a_random_weight_model(model):

@@ -16,6 +16,7 @@ from actlab.patching import (PatchingConfig, per_example_patch, sweep, classify,
                              tiny_model, heatmap_layer_pos, heatmap_layer_head, heatmap_layer_pos_by_family,
                              heatmap_layer_head_by_family, PATCH_CLASSES)
 from actlab.tasks import TaskConfig, make_pairs, build_word_tokenizer, PairSet
+from helpers import token_pair, mean_logit_diff
 
 DROP_INS = ['get_act_patch_resid_pre', 'get_act_patch_resid_mid', 'get_act_patch_attn_out', 'get_act_patch_mlp_out',
             'get_act_patch_attn_head_out_all_pos', 'get_act_patch_attn_head_out_by_pos', 'get_act_patch_block_every']
@@ -28,16 +29,7 @@ ARCHS = {
 }
 
 
-def batch(model, b=3, seq=7, seed=1):
-    g = torch.Generator().manual_seed(seed)
-    clean = torch.randint(0, model.cfg.d_vocab, (b, seq), generator=g)
-    corrupted = clean.clone()
-    corrupted[:, 2:5] = torch.randint(0, model.cfg.d_vocab, (b, 3), generator=g)
-    return clean, corrupted
-
-
-def ld_metric(a, d):
-    return lambda logits: (logits[torch.arange(len(logits)), -1, a] - logits[torch.arange(len(logits)), -1, d]).mean()
+batch, ld_metric = token_pair, mean_logit_diff
 
 
 @pytest.mark.parametrize('arch', list(ARCHS))

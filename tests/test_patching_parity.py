@@ -11,6 +11,7 @@ tqdm.__init__ = partialmethod(tqdm.__init__, disable=True)
 import transformer_lens.patching as TLP
 import actlab.patching as P
 from actlab.patching import tiny_model, memory_budget, per_example_patch
+from helpers import token_pair
 
 # every public function of transformer_lens.patching (read from the module, so a new one fails the name test below)
 TL_FUNCS = sorted(n for n in dir(TLP) if n.startswith('get_act_patch_'))
@@ -29,11 +30,7 @@ MLP_ONLY = ('mlp', 'resid_mid', 'block_every')
 
 
 def batch(model, b=3, seq=5, seed=1):
-    g = torch.Generator().manual_seed(seed)
-    clean = torch.randint(0, model.cfg.d_vocab, (b, seq), generator=g)
-    corrupted = clean.clone()
-    corrupted[:, 1:4] = torch.randint(0, model.cfg.d_vocab, (b, 3), generator=g)
-    return clean, corrupted
+    return token_pair(model, b, seq, seed, span=(1, 4))
 
 
 def metric(logits):

@@ -1,10 +1,16 @@
 "Path patching: batched path_patch against the naive definition, the closed form of direct paths, flags restored, budgets."
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
 
 from actlab.patching import tiny_model, prompt_logit_diff
 from actlab.path_patching import path_patch, path_patch_naive, senders_of, receivers_of, heatmap_paths, path_matrix
+from actlab.path_patching import head_paths, reader_head_table, reader_head_claim, reader_heads_by_family, plot_reader_heads
+from actlab.baseline import evaluate_pairs
+from actlab.patching import degenerate_mask
+from helpers import toy_batch, builtin_model, builtin_pairs, random_like
 
 ARCHS = {
     'lnpre_alibi': dict(normalization_type='LNPre', positional_embedding_type='alibi'),
@@ -15,11 +21,7 @@ ARCHS = {
 
 
 def toy(model, b=3, seq=5, seed=2):
-    g = torch.Generator().manual_seed(seed)
-    clean = torch.randint(0, model.cfg.d_vocab, (b, seq), generator=g)
-    corrupted = clean.clone()
-    corrupted[:, 1:3] = torch.randint(0, model.cfg.d_vocab, (b, 2), generator=g)
-    return clean, corrupted, torch.arange(b) + 2, torch.arange(b) + 12
+    return toy_batch(model, b, seq, seed, span=(1, 3), answer_offset=2, distractor_offset=12)
 
 
 @pytest.mark.parametrize('arch', list(ARCHS))
@@ -117,3 +119,70 @@ def test_left_padded_prompts_match_the_naive_loop():
     a, d = torch.tensor([5, 6]), torch.tensor([9, 10])
     res = path_patch(model, clean, corr, a, d)
     torch.testing.assert_close(res.patched, path_patch_naive(model, clean, corr, a, d), atol=1e-4, rtol=0)
+
+
+# --- which reader heads each family breaks (head_paths, reader_head_claim) ---
+
+
+@pytest.fixture(scope='module')
+def builtin_heads():
+    model = builtin_model()
+    pairs = builtin_pairs(model, n_per_cell=6, family_kind='ood', suffix_length=[4, 8])
+    return model, pairs, head_paths(model, pairs)
+
+
+def test_failed_runs_are_the_baselines_failures(builtin_heads):
+    "One definition: a run has a path rescue exactly when the baseline calls it clean-correct, corrupted-wrong and not degenerate."
+    model, pairs, hp = builtin_heads
+    s = evaluate_pairs(model, pairs).set_index('example_id').loc[hp.df.example_id]
+    np.testing.assert_allclose(hp.df.metric_clean, s.margin_clean, atol=1e-4)
+    np.testing.assert_allclose(hp.df.metric_corrupted, s.margin_corrupted, atol=1e-4)
+    want = s.correct_clean.to_numpy() & ~s.correct_corrupted.to_numpy() & ~degenerate_mask(s.margin_clean.to_numpy(), s.margin_corrupted.to_numpy())
+    assert (hp.df.failed.to_numpy() == want).all() and want.any()
+    assert np.isfinite(hp.rescue[want]).all() and np.isnan(hp.rescue[~want]).all()
+
+
+def test_path_rescue_is_path_patch_over_the_lost_margin(builtin_heads):
+    model, pairs, hp = builtin_heads
+    g = pairs.groups()[0]
+    r = path_patch(model, g.tokens('clean'), g.tokens('corrupted'), g.answer_ids, None, senders=['L0H1', 'L3H2'],
+                   receivers=['resid_final'], metric='margin')
+    rows = hp.df.set_index('example_id').index.get_indexer(g.df.example_id)
+    lost = (r.clean - r.corrupted).numpy()
+    for j, h in enumerate(['L0H1', 'L3H2']):
+        want = r.effect[:, j, 0].numpy() / lost
+        got = hp.rescue[rows, hp.heads.index(h)]
+        ok = np.isfinite(got)
+        np.testing.assert_allclose(got[ok], want[ok], rtol=1e-4, atol=1e-5)
+
+
+def test_reader_head_claims_fail_on_a_random_weight_model(builtin_heads):
+    model, pairs, _ = builtin_heads
+    hp = head_paths(random_like(model), pairs)
+    claims, table = reader_heads_by_family(hp, families=sorted(set(pairs.df.corruption_type)))
+    assert len(claims) == 4 and not any(c.holds for c in claims), claims
+    assert table.holds.eq(False).all()
+
+
+def test_reader_head_claim_fails_when_head_labels_are_shuffled(builtin_heads):
+    "A check that can fail on a trained model too: with each example's head columns permuted at random, no head is special."
+    _, _, hp = builtin_heads
+    rng = np.random.default_rng(0)
+    shuffled = dataclasses.replace(hp, rescue=np.stack([row[rng.permutation(len(row))] for row in hp.rescue]))
+    for fam in sorted(set(hp.df.corruption_type)):
+        assert not reader_head_claim(shuffled, fam, min_n=5).holds
+
+
+def test_reader_head_table_and_plot(builtin_heads):
+    _, pairs, hp = builtin_heads
+    fam = 'distractor_numbers'
+    t = reader_head_table(hp, fam, n_boot=200)
+    fails = hp.df.failed & (hp.df.corruption_type == fam)
+    assert t.n.max() == fails.sum()
+    top = t.iloc[0]
+    assert top.median_rescue == pytest.approx(np.median(hp.rescue[fails.to_numpy(), hp.heads.index(top['head'])]))
+    assert top.lo <= top.median_rescue <= top.hi
+    fig = plot_reader_heads(hp)
+    assert len(fig.data) == len(set(hp.df.corruption_type[hp.df.failed]))
+    with pytest.raises(ValueError, match='no_such'):
+        reader_head_claim(hp, 'no_such')
