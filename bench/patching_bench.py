@@ -9,6 +9,7 @@ difference after patching each clean activation of the site into the corrupted r
   the clean batch, then one `model.run_with_hooks` forward per site over the whole batch, a per-example metric vector out;
 - per-example TransformerLens loop (second baseline): for each example, `run_with_cache(clean)` and
   `transformer_lens.patching.get_act_patch_resid_pre` (or `..._attn_head_out_by_pos`) on that example alone.
+Also prints the compute bound (`compute_bound`): the most an exact sweep can gain over the batched loop for these pairs.
 All three run in this process on the same model and pairs, each warmed up once on the same small group, and each timed as
 the median of the same number of runs (--repeats). Prints wall times, the two speedup ratios and the max abs differences.
 The machine may be shared: absolute times are noisy, the ratios less so.
@@ -102,6 +103,27 @@ def per_example_tl_loop(model, site, c, x, a, d):
     return torch.stack(out)
 
 
+def compute_bound(model, site, data) -> float:
+    """The most any exact sweep can gain over the batched hook loop: the loop's work (every site a full forward of
+    n_layers x positions) over the work that cannot be skipped (for each site whose clean and corrupted values differ,
+    the layers at or after it times the positions at or after it). Attention's quadratic term and the unembedding are ignored."""
+    L = model.cfg.n_layers
+    H = model.cfg.n_heads if site == 'head_by_pos' else 1
+    full = needed = 0.0
+    for c, x, _, _ in data:
+        names = [HOOK[site].format(l=l) for l in range(L)]
+        _, cc = model.run_with_cache(c, names_filter=lambda n: n in names)
+        _, cx = model.run_with_cache(x, names_filter=lambda n: n in names)
+        N, P = x.shape
+        full += N * L * P * H * L * P
+        for l in range(L):
+            diff = cc[names[l]] != cx[names[l]]  # [N, P, d] or [N, P, H, d_head]
+            diff = diff.flatten(3).any(-1) if site == 'head_by_pos' else diff.any(-1)[..., None]  # [N, P, H]
+            w = torch.tensor([(L - l) * (P - p) for p in range(P)], dtype=torch.float64)
+            needed += (diff.double().sum((0, 2)) * w).sum().item()
+    return full / needed
+
+
 def timed(fn, data, repeats):
     "Median wall and CPU seconds of `repeats` runs of fn over every group, and the last run's outputs."
     times = []
@@ -156,6 +178,10 @@ def main():
         diff = max((o.cpu() - t.cpu()).abs().max().item() for o, t in zip(ours, outs))
         tag = 'batched' if name.startswith('batched') else 'per-example'
         print(f'speedup vs {tag} loop: {w / res["ours"][0]:.1f}x wall ({cpu / res["ours"][1]:.1f}x CPU)   max abs diff: {diff:.2e}')
+    bound = compute_bound(model, args.site, data)
+    w_loop, cpu_loop, _ = res['batched hook loop']
+    print(f'compute bound vs the batched loop: {bound:.1f}x (layers and positions at or after each differing site); '
+          f'ours reaches {cpu_loop / res["ours"][1] / bound:.0%} of it (CPU), {w_loop / res["ours"][0] / bound:.0%} (wall)')
 
 
 if __name__ == '__main__':
