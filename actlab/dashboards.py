@@ -397,7 +397,7 @@ def saevis_dashboard(model, sae, features: Sequence[int], tokens: torch.Tensor,
                      minibatch_size_tokens: int = 64) -> str:
     "sae-vis feature-centric HTML for `features` of `sae` on `tokens`; written to `path` if given; returns the HTML."
     from sae_vis import SaeVisConfig, SaeVisData
-    from actlab.saes import as_sae_transformer
+    from actlab.sae_eval import as_sae_transformer
     fs = [int(f) for f in features]
     bad = [f for f in fs if not 0 <= f < sae.cfg.d_sae]
     if bad: raise DashboardInputError(f"feature {bad} out of range: this SAE has {sae.cfg.d_sae} features (0..{sae.cfg.d_sae - 1})")

@@ -336,7 +336,7 @@ def plot_rescue(table: pd.DataFrame) -> go.Figure:
 @torch.no_grad()
 def saelens_check(model, sae, tokens: torch.Tensor, feature: int) -> pd.DataFrame:
     "Max |ours − SAELens| for answer-position feature acts, reconstruction-spliced logits and a feature ablation (error term kept)."
-    from actlab.saes import as_sae_transformer
+    from actlab.sae_eval import as_sae_transformer
     hm, hook = as_sae_transformer(model), sae_hook(sae)
     _, cache = hm.run_with_cache_with_saes(tokens, saes=[sae])
     theirs_acts = cache[f'{hook}.hook_sae_acts_post'][:, -1]

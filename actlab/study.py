@@ -19,8 +19,11 @@ from .models import load_model
 from .baseline import evaluate_pairs, condition_table, plot_conditions, plot_attribution
 from .patching import PatchingConfig, patch_pairs, heatmap_layer_pos_by_family, heatmap_layer_head
 from .extract import ExtractConfig, extract, top_sites
-from .probes import ProbeConfig, L1LogisticProbe, regularization_path, plot_path, ternary_labels, clean_prompt_groups
-from .saes import SAETrainConfig, StoreProvider, train_sae, load_sae, plot_history, logit_diff_recovery, recovery_table, plot_recovery
+from .probes import ProbeConfig, L1LogisticProbe
+from .probe_selection import regularization_path, plot_path, clean_prompt_groups
+from .ternary import ternary_labels
+from .saes import SAETrainConfig, StoreProvider, train_sae, load_sae, plot_history
+from .sae_eval import logit_diff_recovery, recovery_table, plot_recovery
 
 # %% auto #0
 __all__ = ['HAS_FEATURES', 'PHASES', 'ModelConfig', 'ExtractionPhase', 'ProbesPhase', 'SAEPhase', 'StudyConfig', 'Report',

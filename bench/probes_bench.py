@@ -30,8 +30,8 @@ def main():
     torch.set_num_threads(a.threads)
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.linear_model import LogisticRegression
-    from actlab.probes import (GroupLassoClassifier, GroupLassoRegressor, L1LogisticProbe, LassoProbe, MultinomialL1Probe,
-                               planted_activations)
+    from actlab.probes import (GroupLassoClassifier, GroupLassoRegressor, L1LogisticProbe, LassoProbe,
+                               MultinomialL1Probe, planted_activations)
     warnings.simplefilter('ignore', ConvergenceWarning)
     rows_per = 5
     data = {t: planted_activations(n_prompts=a.n // rows_per, rows_per_prompt=rows_per, d=a.d, k=8, task=t, seed=0)

@@ -7,11 +7,12 @@ import pytest
 import torch
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
-from actlab.probes import (PROBE_EXPECTED_FAILED_CHECKS, TERNARY_CLASSES, GroupLassoClassifier, GroupLassoRegressor,
-                           L1LogisticProbe, LassoProbe, MultinomialL1Probe, ProbeConfig, all_probes, alpha_max,
-                           clean_prompt_groups, cv_splits, fit_prox, head_groups, mean_ablate_direction, mean_ablate_heads,
-                           planted_activations, predictive_vs_causal, probe_direction, regularization_path, support_f1,
-                           ternary_labels)
+from actlab.probes import (PROBE_EXPECTED_FAILED_CHECKS, GroupLassoClassifier, GroupLassoRegressor, L1LogisticProbe,
+                           LassoProbe, MultinomialL1Probe, ProbeConfig, all_probes, fit_prox, head_groups,
+                           planted_activations, support_f1)
+from actlab.probe_selection import alpha_max, clean_prompt_groups, cv_splits, regularization_path
+from actlab.ternary import (TERNARY_CLASSES, mean_ablate_direction, mean_ablate_heads, predictive_vs_causal,
+                            probe_direction, ternary_labels)
 
 TORCH_VARIANTS = [L1LogisticProbe(solver='torch'), MultinomialL1Probe(solver='torch'), LassoProbe(solver='torch'),
                   GroupLassoClassifier(n_heads=None, batch_size=7), LassoProbe(standardize=False)]
@@ -134,7 +135,7 @@ def test_path_grouped_cv_and_plots():
     assert list(p.df.columns) == ['alpha', 'cv_accuracy', 'sem', 'n_nonzero', 'chosen'] and p.df.chosen.sum() == 1
     rec = p.record(); assert rec['probe'] == 'L1LogisticProbe' and rec['n_nonzero'] == len(p.estimator.support_)
     for tr, te in cv_splits(D.y, D.groups, 3): assert not set(D.groups[tr]) & set(D.groups[te])
-    from actlab.probes import plot_path, plot_head_heatmap
+    from actlab.probe_selection import plot_path, plot_head_heatmap
     assert len(plot_path(p).data) == 2
     Dh = planted_activations(n_prompts=100, d=16, k=1, n_heads=4, task='regression', seed=3)
     ph = regularization_path(GroupLassoRegressor(n_heads=4), Dh.X, Dh.y, Dh.groups, cfg=ProbeConfig(n_alphas=6, n_splits=3))

@@ -11,10 +11,12 @@ from transformer_lens import HookedTransformerConfig
 
 from actlab.core import ConfigError
 from actlab.saes import (SAETrainConfig, TensorProvider, StoreProvider, IterableProvider, as_provider, write_store,
-                         make_training_sae, train_sae, read_history, plot_history, load_sae, splice, sae_metrics,
-                         splice_metrics, logit_diff_recovery, recovery_table, saelens_cross_check, synthetic_model,
-                         synthetic_store, ground_truth_eval, plot_feature_similarity, as_sae_transformer, SweepConfig, sweep, failure_signs, plot_pareto,
-                         NonFiniteLossError, ARCHITECTURES)
+                         make_training_sae, train_sae, read_history, plot_history, load_sae, NonFiniteLossError,
+                         ARCHITECTURES)
+from actlab.sae_eval import (splice, sae_metrics, splice_metrics, logit_diff_recovery, recovery_table,
+                             saelens_cross_check, synthetic_model, synthetic_store, ground_truth_eval,
+                             plot_feature_similarity, as_sae_transformer, SweepConfig, sweep, failure_signs,
+                             plot_pareto)
 
 HOOK = 'blocks.0.hook_resid_post'
 
