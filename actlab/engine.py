@@ -20,7 +20,7 @@ from .patching import PatchingConfig, PatchingResult, GroupResult, SweepResult, 
 
 # %% auto #0
 __all__ = ['ENGINES', 'EngineConfig', 'ray_module', 'ray_session', 'map_shards', 'split_rows', 'patch', 'patch_pairs',
-           'parts_folder', 'extract']
+           'parts_folder', 'extract', 'study_spec']
 
 # %% ../nbs/06b_engine.ipynb #e0000006
 ENGINES = ('local', 'ray')
@@ -35,6 +35,7 @@ class EngineConfig(Config):
     num_gpus: float = 0.0  # GPUs per task (Ray sets CUDA_VISIBLE_DEVICES; use with model device 'cuda')
     max_retries: int = 3  # a task whose worker dies is run again this many times (its finished shards are kept)
     local_cpus: int = 0  # a local Ray's CPU count (0: all of this machine's)
+    model_from: str = 'driver'  # how a study's Ray task gets its model: 'driver' (this process's copy, via Ray's object store) or 'name' (load_model(model.name) in the task)
 
     def __post_init__(self):
         check(self.engine in ENGINES, f"engine must be one of {list(ENGINES)}, got {self.engine!r}")
@@ -43,6 +44,7 @@ class EngineConfig(Config):
         check(self.num_gpus >= 0, f"num_gpus (per task) must be >= 0, got {self.num_gpus}")
         check(self.max_retries >= 0, f"max_retries must be >= 0, got {self.max_retries}")
         check(self.local_cpus >= 0, f"local_cpus must be >= 0 (0: all CPUs), got {self.local_cpus}")
+        check(self.model_from in ('driver', 'name'), f"model_from must be 'driver' or 'name', got {self.model_from!r}")
         check(self.engine == 'ray' or not self.address, f"address={self.address!r} is a Ray cluster address; set engine='ray' too")
 
     @property
@@ -221,3 +223,9 @@ def extract(model,  # a HookedTransformer (this process's copy: runs engine='loc
     store = combine([p for p, _ in done], path, overwrite=True)
     if not keep_parts: shutil.rmtree(parts, ignore_errors=True)
     return store
+
+# %% ../nbs/06b_engine.ipynb #e0000102
+def study_spec(cfg) -> dict:
+    "The `spec`/`device` arguments for a study config `cfg` (an `actlab.study.StudyConfig`): by model name with `engine.model_from='name'`."
+    if cfg.engine.model_from == 'name': return dict(spec=cfg.model.name, device=cfg.model.device)
+    return {}

@@ -148,3 +148,31 @@ def test_worker_that_keeps_dying_is_a_clear_error(cluster, mp, tmp_path):
     with pytest.raises(RuntimeError, match='max_retries=0'):
         patch(per_example_patch, model, *args, engine=EngineConfig(engine='ray', num_shards=1, max_retries=0),
               spec=KillingLoader(tmp_path, at=1), site='resid_pre')
+
+
+def test_study_on_ray_from_the_cli_equals_the_local_study(cluster, tmp_path, capsys):
+    from actlab.cli import main
+    from actlab.study import StudyConfig, run_study
+    from actlab.store import ActivationStore
+    cfg = StudyConfig(name='t', task=TaskConfig(n_per_cell=2, suffix_lengths=(1, 4)), patching=PatchingConfig(sites=('resid_pre',)),
+                      phases=('baseline', 'patching', 'extraction'))
+    cfg.extraction.n_top_sites = 1
+    cfg.to_yaml(tmp_path / 'study.yaml')
+    local = run_study(cfg, tmp_path / 'local', progress=False)
+    assert main(['extract', str(tmp_path / 'study.yaml'), '--out', str(tmp_path / 'ray'), '--no-progress',
+                 '--engine', 'ray', '--num-shards', '2']) == 0
+    ray_dir = tmp_path / 'ray' / 't'
+    a, b = (pd.read_parquet(f / 'patching_examples.parquet') for f in (local, ray_dir))
+    pd.testing.assert_frame_equal(a, b, rtol=1e-5, atol=1e-5)
+    (m0, a0), (m1, a1) = (by_id(ActivationStore(f / 'store')) for f in (local, ray_dir))
+    assert ActivationStore(ray_dir / 'store').manifest['worker']['count'] == 2
+    pd.testing.assert_frame_equal(m0, m1, rtol=1e-5, atol=1e-5)
+    for c in a0: np.testing.assert_allclose(a0[c], a1[c], rtol=1e-5, atol=1e-5, err_msg=c)
+
+
+def test_bad_engine_arguments_are_one_line(tmp_path, capsys):
+    from actlab.cli import main
+    assert main(['extract', '--out', str(tmp_path), '--num-shards', '0']) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and 'num_shards must be >= 1' in err[0]
+    assert not any(tmp_path.iterdir())  # refused before any work
