@@ -30,7 +30,7 @@ setuptools.setup(
     include_package_data=True,
     python_requires='>=' + cfg['min_python'],
     install_requires=_reqs('requirements'),
-    extras_require={'dev': _reqs('dev_requirements')},
+    extras_require={'dev': _reqs('dev_requirements'), 'ray': _reqs('ray_requirements')},
     entry_points=entry_points,
     zip_safe=False,
 )

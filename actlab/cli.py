@@ -43,6 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument('--out', default='results', help='results root folder (default: results)')
         p.add_argument('--no-progress', action='store_true', help='no progress bars')
         p.add_argument('--overwrite', action='store_true', help='replace a results folder holding another run (it is moved aside first)')
+        p.add_argument('--engine', choices=('local', 'ray'), default=None, help="where patching and extraction run (default: the config's engine.engine)")
+        p.add_argument('--num-shards', type=int, default=None, help='split patching and extraction into this many shards (Ray tasks)')
+        p.add_argument('--ray-address', default=None, help="a Ray cluster to join ('auto', 'ray://head:10001'); default: a local Ray")
         return p
     study_cmd('run', 'run the whole study (every phase in the config) and write report.html')
     for cmd, ph in _PHASE_CMDS.items():
@@ -76,11 +79,23 @@ def main(argv: list[str] | None = None) -> int:
 def _study(args, upto: str | None = None):
     from actlab.study import run_study
     cfg = _load_cfg(args.config)
+    cfg = _engine_args(cfg, args)
     if upto is not None:
         want = PHASES[:PHASES.index(upto) + 1]
         cfg = cfg.replace(phases=tuple(p for p in want if p != 'features'))
     folder = run_study(cfg, args.out, progress=not args.no_progress, overwrite=args.overwrite)
     print(f"results written to {folder.resolve()} (open report.html)")
+
+def _engine_args(cfg, args):
+    "`cfg` with the command line's --engine/--num-shards/--ray-address (bad values: a ConfigError, before any work)."
+    over = {k: v for k, v in (('engine', args.engine), ('num_shards', args.num_shards), ('address', args.ray_address)) if v is not None}
+    if not over: return cfg
+    if over.get('address') and 'engine' not in over: over['engine'] = 'ray'
+    eng = cfg.engine.replace(**over)
+    if eng.engine == 'ray':
+        from actlab.engine import ray_module
+        ray_module()  # installed, or one line saying how
+    return cfg.replace(engine=eng)
 
 def _dispatch(args) -> int:
     from actlab.study import StudyConfig

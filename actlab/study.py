@@ -19,6 +19,8 @@ from .models import load_model
 from .baseline import evaluate_pairs, condition_table, plot_conditions, plot_attribution
 from .patching import PatchingConfig, patch_pairs, heatmap_layer_pos_by_family, heatmap_layer_head
 from .extract import ExtractConfig, extract, top_sites
+from . import engine as _engine
+from .engine import EngineConfig
 from .probes import ProbeConfig, L1LogisticProbe
 from .probe_selection import regularization_path, plot_path, clean_prompt_groups
 from .ternary import ternary_labels
@@ -117,6 +119,7 @@ class StudyConfig(Config):
     probes: ProbesPhase = field(default_factory=ProbesPhase)
     sae: SAEPhase = field(default_factory=SAEPhase)
     features: FeatureConfig = field(default_factory=FeatureConfig)
+    engine: EngineConfig = field(default_factory=EngineConfig)  # where phases B and C run: 'local' or 'ray' (shards, cluster address; actlab.engine)
 
     def __post_init__(self):
         check(self.name.replace('-', '').replace('_', '').isalnum(), f"study name must be letters, digits, '-' or '_', got {self.name!r}")
@@ -272,7 +275,7 @@ def run_study(cfg: StudyConfig = StudyConfig(), out: str | Path = 'results', pro
 
     # phase B: patching
     t0 = time.time(); bar.set_description('study: B patching')
-    res = patch_pairs(model, pairs, cfg.patching)
+    res = _engine.patch_pairs(model, pairs, cfg.patching, cfg.engine, **_engine.study_spec(cfg))  # = patch_pairs with engine 'local', 1 shard
     _save(res.df, folder / 'patching_examples.parquet')
     summary = res.summary(); _save(summary, folder / 'patching_summary.csv')
     sites = res.site_table(); _save(sites, folder / 'patching_sites.csv', index=False)
@@ -295,7 +298,8 @@ def run_study(cfg: StudyConfig = StudyConfig(), out: str | Path = 'results', pro
     hooks = cfg.extraction.hooks or tuple(dict.fromkeys(best.site.tolist()[:cfg.extraction.n_top_sites] + [probe_site, sae_site]))
     xcfg = cfg.extraction.for_hooks(hooks).replace(progress=progress and cfg.extraction.progress)
     labels = res.df[['example_id', 'logit_diff_clean', 'logit_diff_corrupted', 'rescue_score', 'best_patch_site', 'survives']]
-    store = extract(model, pairs, folder / 'store', xcfg, labels=labels, model_name=cfg.model.name, study_config=cfg, overwrite=True)
+    store = _engine.extract(model, pairs, folder / 'store', xcfg, cfg.engine, labels=labels, model_name=cfg.model.name, study_config=cfg,
+                            overwrite=True, **_engine.study_spec(cfg))  # = extract with engine 'local', 1 shard
     rep.h('C. Activation store')
     rep.p(f"{len(store)} examples; sites {list(hooks)}; stored at store/ (labels from phase B).")
     finish('extraction', t0, store=dict(path='store', rows=len(store), hooks=list(hooks)))

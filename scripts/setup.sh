@@ -16,7 +16,7 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ] || ! .venv/bin/python -c "import
   if ! .venv/bin/python -c "import torch" 2>/dev/null; then
     .venv/bin/python -m pip install -q torch==2.13.0
   fi
-  .venv/bin/python -m pip install -q -e ".[dev]"
+  .venv/bin/python -m pip install -q -e ".[dev,ray]"  # ray: the optional engine, so its tests run
   echo "$want" > "$stamp"
 fi
 echo "== environment ready: $(.venv/bin/python -c 'import torch, transformer_lens, sae_lens; print("torch", torch.__version__, "| sae-lens", sae_lens.__version__)')"
