@@ -14,31 +14,31 @@ import plotly.express as px
 import plotly.graph_objects as go
 from .core import Config, check
 from .baseline import answer_direction
+from .capture import capture
+from .metrics import metric_fn, METRICS
 from .patching import rescue_scores
 
 # %% auto #0
-__all__ = ['hook_activations', 'quick_sae', 'sae_hook', 'FeatureActs', 'encode_at', 'pair_feature_acts', 'store_feature_acts',
+__all__ = ['sae_training_rows', 'quick_sae', 'sae_hook', 'FeatureActs', 'encode_at', 'pair_feature_acts', 'store_feature_acts',
            'FeatureConfig', 'suppressed_features', 'plot_cells', 'plot_suppressed', 'junk_features', 'plot_junk',
            'head_changes', 'plot_head_changes', 'top_heads', 'feature_attribution', 'top_attributions',
            'plot_attribution_features', 'run_with_feature_edit', 'ablate_feature', 'restore_features', 'steer',
            'steering_curve', 'plot_steering', 'rescue_by_cell', 'plot_rescue', 'saelens_check']
 
 # %% ../nbs/09_features.ipynb #2665c8c8
-@torch.no_grad()
-def hook_activations(model, pairs, hook_name: str, which: Sequence[str] = ('clean', 'corrupted')) -> torch.Tensor:
-    "All token activations at `hook_name` of the prompts in `pairs` (`which` of clean/corrupted), `[rows, d]` (SAE training data)."
+def sae_training_rows(model, pairs, hook_name: str, which: Sequence[str] = ('clean', 'corrupted')) -> torch.Tensor:
+    "Every token's activation at `hook_name` of the `which` prompts of `pairs`, `[rows, d]`, through `actlab.capture.capture`."
     xs = []
     for g in pairs.groups():
         for k in which:
-            _, cache = model.run_with_cache(g.tokens(k), names_filter=hook_name)
-            a = cache[hook_name]
-            xs.append(a.reshape(-1, a.shape[-1]) if a.ndim == 3 else a.flatten(-2).reshape(-1, a.shape[-2] * a.shape[-1]))
+            a = capture(model, g.tokens(k), [hook_name], positions='all')[hook_name]  # [n, seq, *act]
+            xs.append(a.reshape(a.shape[0] * a.shape[1], -1))
     return torch.cat(xs)
 
 def quick_sae(model, pairs, hook_name: str = 'blocks.1.hook_resid_pre', d_sae: int = 128, k: int = 8, steps: int = 1000, seed: int = 0):
     "A small top-k SAE trained (with `actlab.saes.train_sae`) on every token of `pairs` at `hook_name`: for demos and tests."
     from actlab.saes import SAETrainConfig, train_sae
-    x = hook_activations(model, pairs, hook_name)
+    x = sae_training_rows(model, pairs, hook_name)
     cfg = SAETrainConfig(d_sae=d_sae, k=k, steps=steps, batch_size=256, log_every=max(1, steps // 3), norm_rows=2048, seed=seed)
     return train_sae(cfg, x, hook_name=hook_name, progress=False).sae
 
@@ -70,11 +70,10 @@ def encode_at(model, sae, tokens: torch.Tensor, pos: int | None = -1) -> torch.T
     "SAE feature activations of `tokens` `[n, seq]` at the SAE's hook: `[n, d_sae]` at position `pos`, or `[n, seq, d_sae]` (pos=None)."
     hook = sae_hook(sae)
     if hook not in model.hook_dict: raise ValueError(f"the SAE reads {hook!r}, which this model does not have")
-    _, cache = model.run_with_cache(tokens, names_filter=hook)
-    a = cache[hook]
+    a = capture(model, tokens, [hook], positions='all')[hook]  # the one capture path
     if a.ndim == 4: a = a.flatten(-2)
     if pos is not None: a = a[:, pos]
-    return sae.encode(a.to(sae.W_dec.dtype))
+    return sae.encode(a.to(sae.W_dec.device, sae.W_dec.dtype))
 
 def pair_feature_acts(model, sae, pairs) -> FeatureActs:
     "Feature activations at the answer position for every pair of `pairs` (an `actlab.tasks.PairSet`), clean and corrupted."
@@ -175,8 +174,8 @@ def head_changes(model, pairs, by: Sequence[str] = ('corruption_type', 'suffix_l
     for g in pairs.groups():
         outs = {}
         for k in ('clean', 'corrupted'):
-            _, cache = model.run_with_cache(g.tokens(k), names_filter=names)
-            outs[k] = torch.stack([torch.einsum('nhd,hdm->nhm', cache[n][:, -1], model.W_O[l]) for l, n in enumerate(names)], 1)  # [n, L, H, d]
+            z = capture(model, g.tokens(k), names)  # answer position: {name: [n, H, d_head]}
+            outs[k] = torch.stack([torch.einsum('nhd,hdm->nhm', z[n], model.W_O[l].detach().float().cpu()) for l, n in enumerate(names)], 1)  # [n, L, H, d]
         per.append(((outs['corrupted'] - outs['clean']).norm(dim=-1), outs['clean'].norm(dim=-1)))
         dfs.append(g.df)
     delta, ref = torch.cat([p[0] for p in per]).numpy(), torch.cat([p[1] for p in per]).numpy()
@@ -208,19 +207,20 @@ def top_heads(table: pd.DataFrame, k: int = 3) -> list[tuple[int, int]]:
 # %% ../nbs/09_features.ipynb #6b221719
 @torch.no_grad()
 def feature_attribution(model, sae, tokens: torch.Tensor, answer_ids: torch.Tensor, distractor_ids: torch.Tensor,
-                        ln_scale: bool = False) -> np.ndarray:
-    "Per example and feature, activation × (W_dec · answer direction) at the last position: `[n, d_sae]`."
+                        ln_scale: bool = True,  # divide by the final LayerNorm's scale of each run (frozen), as DLA does
+                        ) -> np.ndarray:
+    "Per example and feature, the direct-path attribution `f · (centred W_dec · answer direction) / σ` at the last position: `[n, d_sae]`."
     acts = encode_at(model, sae, tokens)  # [n, d_sae]
-    d = answer_direction(model, answer_ids, distractor_ids).to(sae.W_dec.dtype)  # [n, d_model]
-    W = sae.W_dec
+    d = answer_direction(model, answer_ids, distractor_ids).to(acts.device, acts.dtype)  # [n, d_model]
+    W = sae.W_dec.detach().to(acts.dtype)
     hook = sae_hook(sae)
     if W.shape[1] != d.shape[1]:
         raise ValueError(f"the SAE at {hook!r} writes {W.shape[1]}-dim vectors, not the residual stream (d_model={d.shape[1]}); "
                          "attribution needs a residual-stream SAE")
+    if model.cfg.normalization_type in ('LN', 'LNPre'): W = W - W.mean(1, keepdim=True)  # LayerNorm centres before it scales
     attr = acts * (d @ W.T)  # [n, d_sae]
-    if ln_scale:
-        _, cache = model.run_with_cache(tokens, names_filter='ln_final.hook_scale')
-        attr = attr / cache['ln_final.hook_scale'][:, -1]
+    if ln_scale and model.cfg.normalization_type is not None:
+        attr = attr / capture(model, tokens, ['ln_final.hook_scale'])['ln_final.hook_scale'].reshape(-1, 1)
     return attr.cpu().numpy()
 
 def top_attributions(attr: np.ndarray, df: pd.DataFrame | None = None, k: int = 5) -> pd.DataFrame:
@@ -241,10 +241,9 @@ def plot_attribution_features(attr: np.ndarray, df: pd.DataFrame, k: int = 10) -
     return px.bar(t, x='feature', y='attribution', color='family', barmode='group', title='feature attribution to answer − distractor')
 
 # %% ../nbs/09_features.ipynb #5f615df0
-def _ld(logits: torch.Tensor, a: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
-    l = logits[:, -1]
-    r = torch.arange(len(l))
-    return (l[r, a] - l[r, d]).float()
+def _metric(name: str, logits: torch.Tensor, a: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
+    "`actlab.metrics`' metric `name` at the last position of `logits` `[n, seq, vocab]`."
+    return metric_fn(name)(logits[:, -1].float(), a, d).float().cpu()
 
 @torch.no_grad()
 def run_with_feature_edit(model, sae, tokens: torch.Tensor, edit, pos: int = -1) -> torch.Tensor:
@@ -267,20 +266,24 @@ def _check_features(sae, features) -> list[int]:
     return fs
 
 @torch.no_grad()
-def ablate_feature(model, sae, tokens, answer_ids, distractor_ids, features: int | Sequence[int]) -> pd.DataFrame:
-    "Logit difference per example before and after zeroing `features` at the answer position."
+def ablate_feature(model, sae, tokens, answer_ids, distractor_ids, features: int | Sequence[int],
+                   metric: str = 'margin',  # one of `actlab.metrics.METRICS`
+                   ) -> pd.DataFrame:
+    "The metric per example before (`value`) and after (`value_ablated`) zeroing `features` at the answer position."
     fs = _check_features(sae, features)
     def edit(f): f[:, fs] = 0; return f
-    base = _ld(model(tokens), answer_ids, distractor_ids)
-    abl = _ld(run_with_feature_edit(model, sae, tokens, edit), answer_ids, distractor_ids)
-    return pd.DataFrame(dict(logit_diff=base.numpy(), logit_diff_ablated=abl.numpy(), effect=(abl - base).numpy()))
+    base = _metric(metric, model(tokens), answer_ids, distractor_ids)
+    abl = _metric(metric, run_with_feature_edit(model, sae, tokens, edit), answer_ids, distractor_ids)
+    return pd.DataFrame(dict(value=base.numpy(), value_ablated=abl.numpy(), effect=(abl - base).numpy(), metric=metric))
 
 @torch.no_grad()
 def restore_features(model, sae, clean_tokens, corrupted_tokens, answer_ids, distractor_ids,
                      top_k: int = 5,  # restore each example's `top_k` most suppressed features ...
                      features: Sequence[int] | None = None,  # ... or these features for every example
-                     cfg: FeatureConfig = FeatureConfig()) -> pd.DataFrame:
-    "Restore the ID control's values of the most suppressed (or given) features on the corrupted run: logit diffs and rescue per example."
+                     cfg: FeatureConfig = FeatureConfig(),
+                     metric: str = 'margin',  # one of `actlab.metrics.METRICS`
+                     ) -> pd.DataFrame:
+    "Restore the ID control's values of the most suppressed (or given) features on the corrupted run: the metric and rescue per example."
     fc, fx = encode_at(model, sae, clean_tokens), encode_at(model, sae, corrupted_tokens)
     if features is not None: mask = torch.zeros_like(fc, dtype=torch.bool); mask[:, _check_features(sae, features)] = True
     else:
@@ -289,40 +292,43 @@ def restore_features(model, sae, clean_tokens, corrupted_tokens, answer_ids, dis
         idx = drop.topk(top_k, dim=1).indices
         mask = torch.zeros_like(fc, dtype=torch.bool).scatter_(1, idx, True) & (drop > 0)
     edit = lambda f: torch.where(mask, fc, f)
-    ldc, ldx = _ld(model(clean_tokens), answer_ids, distractor_ids), _ld(model(corrupted_tokens), answer_ids, distractor_ids)
-    ldp = _ld(run_with_feature_edit(model, sae, corrupted_tokens, edit), answer_ids, distractor_ids)
+    m = lambda lg: _metric(metric, lg, answer_ids, distractor_ids)
+    ldc, ldx = m(model(clean_tokens)), m(model(corrupted_tokens))
+    ldp = m(run_with_feature_edit(model, sae, corrupted_tokens, edit))
     r, degenerate = rescue_scores(ldp, ldc, ldx, cfg.degenerate_eps)
-    return pd.DataFrame(dict(logit_diff_clean=ldc.numpy(), logit_diff_corrupted=ldx.numpy(), logit_diff_patched=ldp.numpy(),
-                             rescue=r, degenerate=degenerate, n_restored=mask.sum(1).numpy()))
+    return pd.DataFrame(dict(clean=ldc.numpy(), corrupted=ldx.numpy(), patched=ldp.numpy(),
+                             rescue=r, degenerate=degenerate, n_restored=mask.sum(1).numpy(), metric=metric))
 
 @torch.no_grad()
-def steer(model, sae, tokens, answer_ids, distractor_ids, feature: int, alpha: float, pos: int = -1) -> np.ndarray:
-    "Logit difference per example after adding `alpha × W_dec[feature]` at the SAE's hook and position `pos`."
+def steer(model, sae, tokens, answer_ids, distractor_ids, feature: int, alpha: float, pos: int = -1,
+          metric: str = 'margin',  # one of `actlab.metrics.METRICS`
+          ) -> np.ndarray:
+    "The metric per example after adding `alpha × W_dec[feature]` at the SAE's hook and position `pos`."
     f = _check_features(sae, feature)[0]
     v = sae.W_dec[f]
     def fn(act, hook):
         act = act.clone()
         act[:, pos] = act[:, pos] + alpha * v.reshape(act.shape[2:]).to(act.dtype)
         return act
-    return _ld(model.run_with_hooks(tokens, fwd_hooks=[(sae_hook(sae), fn)]), answer_ids, distractor_ids).numpy()
+    return _metric(metric, model.run_with_hooks(tokens, fwd_hooks=[(sae_hook(sae), fn)]), answer_ids, distractor_ids).numpy()
 
-def steering_curve(model, sae, tokens, answer_ids, distractor_ids, feature: int, alphas: Sequence[float]) -> pd.DataFrame:
-    "Mean and std of the logit difference over examples for each steering strength `alpha` (see `steer`)."
-    rows = [dict(alpha=float(a), **dict(zip(('mean_logit_diff', 'std_logit_diff'), (lambda v: (float(v.mean()), float(v.std())))(
-        steer(model, sae, tokens, answer_ids, distractor_ids, feature, a))))) for a in alphas]
-    return pd.DataFrame(rows).assign(feature=int(feature))
+def steering_curve(model, sae, tokens, answer_ids, distractor_ids, feature: int, alphas: Sequence[float], metric: str = 'margin') -> pd.DataFrame:
+    "Mean and std of the metric over examples for each steering strength `alpha` (see `steer`)."
+    vals = [steer(model, sae, tokens, answer_ids, distractor_ids, feature, a, metric=metric) for a in alphas]
+    return pd.DataFrame(dict(alpha=[float(a) for a in alphas], mean=[float(v.mean()) for v in vals],
+                             std=[float(v.std()) for v in vals], feature=int(feature), metric=metric))
 
 def plot_steering(curve: pd.DataFrame) -> go.Figure:
-    "Logit difference against steering strength."
-    f = int(curve.feature.iloc[0])
-    return px.line(curve, x='alpha', y='mean_logit_diff', error_y='std_logit_diff', markers=True,
-                   title=f'steering with feature {f}: answer − distractor logit difference')
+    "The metric against steering strength."
+    f, m = int(curve.feature.iloc[0]), curve.metric.iloc[0]
+    return px.line(curve, x='alpha', y='mean', error_y='std', markers=True, labels={'mean': m},
+                   title=f'steering with feature {f}: {m} of the answer')
 
-def rescue_by_cell(model, sae, pairs, top_k: int = 5, cfg: FeatureConfig = FeatureConfig()) -> pd.DataFrame:
+def rescue_by_cell(model, sae, pairs, top_k: int = 5, cfg: FeatureConfig = FeatureConfig(), metric: str = 'margin') -> pd.DataFrame:
     "`restore_features` for every pair, one row per example with its family and suffix length."
     out = []
     for g in pairs.groups():
-        r = restore_features(model, sae, g.tokens('clean'), g.tokens('corrupted'), g.answer_ids, g.distractor_ids, top_k=top_k, cfg=cfg)
+        r = restore_features(model, sae, g.tokens('clean'), g.tokens('corrupted'), g.answer_ids, g.distractor_ids, top_k=top_k, cfg=cfg, metric=metric)
         out.append(pd.concat([g.df[['example_id', 'corruption_type', 'suffix_length']].reset_index(drop=True), r], axis=1))
     return pd.concat(out, ignore_index=True).sort_values('example_id', ignore_index=True)
 

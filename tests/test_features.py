@@ -60,17 +60,37 @@ def test_phase_e_tables(setup):
     assert len(top_heads(heads, 3)) == 3
     for fig in (plot_suppressed(sup), plot_junk(junk), plot_head_changes(heads)): assert fig.layout.title.text
 
-def test_attribution_by_hand(setup, group):
+def _direct_patch(model, tokens, delta, a, d):
+    "logit_diff drop when `delta` `[n, d_model]` is removed from the last residual stream, final LN scale frozen (exact direct path)."
+    from actlab.capture import capture
+    from actlab.metrics import logit_diff
+    last = f'blocks.{model.cfg.n_layers - 1}.hook_resid_post'
+    scale = capture(model, tokens, ['ln_final.hook_scale'])['ln_final.hook_scale']
+    hooks = [(last, lambda x, hook: torch.cat([x[:, :-1], (x[:, -1] - delta)[:, None]], 1)),
+             ('ln_final.hook_scale', lambda s, hook: torch.cat([s[:, :-1], scale.reshape(-1, 1, 1)], 1))]
+    with torch.no_grad():
+        return (logit_diff(model(tokens)[:, -1], a, d) - logit_diff(model.run_with_hooks(tokens, fwd_hooks=hooks)[:, -1], a, d)).numpy()
+
+def test_attribution_is_the_exact_direct_path(setup, group):
+    "feature_attribution equals removing the feature's decoder write from the last residual stream (LN scale frozen)."
     model, pairs, sae = setup
     g = group
-    attr = feature_attribution(model, sae, g.tokens('corrupted'), g.answer_ids, g.distractor_ids)
-    acts = encode_at(model, sae, g.tokens('corrupted'))
-    W_U = model.W_U * model.ln_final.w[:, None] if hasattr(model.ln_final, 'w') else model.W_U
-    for i in range(3):
-        d = W_U[:, g.answer_ids[i]] - W_U[:, g.distractor_ids[i]]
-        np.testing.assert_allclose(attr[i], (acts[i] * (sae.W_dec @ d)).detach().numpy(), atol=1e-4)
-    scaled = feature_attribution(model, sae, g.tokens('corrupted'), g.answer_ids, g.distractor_ids, ln_scale=True)
-    assert np.isfinite(scaled).all() and not np.allclose(scaled, attr)
+    toks, a, d = g.tokens('corrupted'), g.answer_ids, g.distractor_ids
+    attr = feature_attribution(model, sae, toks, a, d)
+    acts = encode_at(model, sae, toks)
+    W = sae.W_dec.detach()
+    from actlab.baseline import answer_direction
+    from actlab.capture import capture
+    sigma = capture(model, toks, ['ln_final.hook_scale'])['ln_final.hook_scale'].reshape(-1)
+    direction = answer_direction(model, a, d)
+    for f in acts.sum(0).argsort(descending=True)[:3].tolist():  # three features active on these runs
+        drop = _direct_patch(model, toks, acts[:, f:f + 1] * W[f], a, d)
+        np.testing.assert_allclose(attr[:, f], drop, atol=1e-4)
+        # the same formula without the LayerNorm's centring misses the patch on this model (unfolded LN, uncentred W_dec)
+        uncentred = (acts[:, f] * (direction @ W[f]) / sigma).numpy()
+        assert np.abs(uncentred - drop).max() > 1e-3, f
+    unscaled = feature_attribution(model, sae, toks, a, d, ln_scale=False)
+    assert np.isfinite(unscaled).all() and not np.allclose(unscaled, attr)
     t = top_attributions(attr, g.df, k=2)
     assert set(t.example_id) <= set(g.df.example_id) and t.groupby('example_id').size().max() <= 2
 
@@ -83,17 +103,17 @@ def test_interventions(setup, group):
     act = float(encode_at(model, sae, toks)[0, f])
     ab = ablate_feature(model, sae, toks, a, d, f)
     # ablating = steering by minus the feature's own contribution
-    np.testing.assert_allclose(steer(model, sae, toks, a, d, f, -act), ab.logit_diff_ablated.to_numpy(), atol=1e-4)
+    np.testing.assert_allclose(steer(model, sae, toks, a, d, f, -act), ab.value_ablated.to_numpy(), atol=1e-4)
     with pytest.raises(IndexError, match='out of range'): ablate_feature(model, sae, toks, a, d, sae.cfg.d_sae)
     curve = steering_curve(model, sae, toks, a, d, f, [0.0, -act])
-    np.testing.assert_allclose(curve.mean_logit_diff, [ab.logit_diff[0], ab.logit_diff_ablated[0]], atol=1e-4)
+    np.testing.assert_allclose(curve['mean'], [ab.value[0], ab.value_ablated[0]], atol=1e-4)
     r = restore_features(model, sae, g.tokens('clean'), g.tokens('corrupted'), g.answer_ids, g.distractor_ids, top_k=4)
     ok = ~r.degenerate
-    np.testing.assert_allclose(r.rescue[ok], ((r.logit_diff_patched - r.logit_diff_corrupted) / (r.logit_diff_clean - r.logit_diff_corrupted))[ok], rtol=1e-5)
+    np.testing.assert_allclose(r.rescue[ok], ((r.patched - r.corrupted) / (r.clean - r.corrupted))[ok], rtol=1e-5)
     assert r.rescue[~ok].isna().all() and (r.n_restored <= 4).all()
     # restoring nothing changes nothing
     none = restore_features(model, sae, g.tokens('clean'), g.tokens('corrupted'), g.answer_ids, g.distractor_ids, features=[])
-    np.testing.assert_allclose(none.logit_diff_patched, none.logit_diff_corrupted, atol=1e-4)
+    np.testing.assert_allclose(none.patched, none.corrupted, atol=1e-4)
 
 def test_rescue_by_cell(setup):
     model, pairs, sae = setup
