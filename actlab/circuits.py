@@ -42,7 +42,7 @@ def _ordered(model, saes: dict) -> list[str]:
 # %% ../nbs/09b_circuits.ipynb #5f33e36d
 def splice_saes(model, saes: dict):
     "A `HookedSAETransformer` copy of `model` with every SAE of `saes` attached with `use_error_term=True`."
-    from actlab.saes import as_sae_transformer
+    from actlab.sae_eval import as_sae_transformer
     hm = as_sae_transformer(model)
     hm.reset_saes()
     for h in _ordered(model, saes): hm.add_sae(saes[h], use_error_term=True)
