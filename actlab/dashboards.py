@@ -24,8 +24,9 @@ from .core import atomic_write, ensure_file
 # %% auto #0
 __all__ = ['DashboardInputError', 'DashboardData', 'build_dashboard_data', 'script_json', 'entity_escape', 'message_html',
            'tokens_html', 'table_html', 'show_figure', 'ExampleBrowser', 'FeatureBrowser', 'RescueOverview',
-           'dashboard', 'open_dashboard', 'saevis_adapter', 'concat_prompts', 'saevis_dashboard', 'find_d3', 'iframe',
-           'attention_html', 'logprobs_html', 'build_dashboard_html']
+           'dashboard', 'open_dashboard', 'saevis_adapter', 'concat_prompts', 'saevis_dashboard', 'find_d3',
+           'saevis_features', 'saevis_start', 'iframe_html', 'iframe', 'attention_html', 'logprobs_html',
+           'build_dashboard_html']
 
 # %% ../nbs/10_dashboards.ipynb #900e2353
 class DashboardInputError(ValueError):
@@ -376,10 +377,10 @@ def concat_prompts(model, pairs, n_rows: int = 64, seq_len: int | None = None, w
 
 _PROBE_ROWS = 10  # sae-vis sizes its probe tables with the logit table's n_rows (10), so a probe needs >= 10 columns
 
-def _probe_matrix(direction) -> torch.Tensor:
-    "`[d, 10]`: the direction, its negation, and zero columns (sae-vis's probe tables need as many columns as logit-table rows)."
-    v = torch.as_tensor(np.asarray(direction, dtype=np.float32)).flatten()
-    return torch.cat([torch.stack([v, -v], 1), torch.zeros(len(v), _PROBE_ROWS - 2)], 1)
+def _probe_matrix(directions) -> torch.Tensor:
+    "`[d, max(n, 10)]`: one column per probe direction, zero columns after (sae-vis's probe tables need as many columns as logit-table rows; the padding is dropped from the page)."
+    v = torch.stack([torch.as_tensor(np.asarray(x, dtype=np.float32)).flatten() for x in directions], 1)
+    return torch.cat([v, torch.zeros(len(v), max(0, _PROBE_ROWS - v.shape[1]))], 1)
 
 def _layout_with_probes():
     "sae-vis's default feature-centric layout plus its probe tables (under the logit tables)."
@@ -403,11 +404,16 @@ def saevis_dashboard(model, sae, features: Sequence[int], tokens: torch.Tensor,
     if bad: raise DashboardInputError(f"feature {bad} out of range: this SAE has {sae.cfg.d_sae} features (0..{sae.cfg.d_sae - 1})")
     if not fs: raise DashboardInputError("no features selected")
     hm = as_sae_transformer(model)
-    lp = [(mode, name, _probe_matrix(v)) for name, v in (probes or {}).items() for mode in ('input', 'output')]
+    names = list(probes or {})
+    label = ', '.join(names) if len(names) <= 3 else f'{len(names)} directions'
+    lp = [(mode, label, _probe_matrix([probes[n] for n in names])) for mode in ('input', 'output')] if names else []
     # sae-vis inserts token strings with d3's .html() (and un-escapes &lt; first): numeric references survive that and show as text
     vocab = {i: entity_escape(s) for i, s in enumerate(model.to_string(i) for i in range(model.cfg.d_vocab))}
-    vocab_dict = dict(embed=vocab, unembed=vocab, probes={0: '+ direction', 1: '− direction', **{i: '(none)' for i in range(2, _PROBE_ROWS)}})
-    with saevis_adapter(sae), torch.no_grad():
+    vocab_dict = dict(embed=vocab, unembed=vocab, probes={**{i: '(none)' for i in range(max(_PROBE_ROWS, len(names)))},
+                                                         **{i: entity_escape(n) for i, n in enumerate(names)}})
+    import warnings
+    with saevis_adapter(sae), torch.no_grad(), warnings.catch_warnings():
+        warnings.filterwarnings('ignore', message='Using a non-tuple sequence for multidimensional indexing')  # eindex on torch 2.x
         vcfg = SaeVisConfig(features=fs, minibatch_size_tokens=minibatch_size_tokens)
         if lp: vcfg.feature_centric_layout = _layout_with_probes()
         svd = SaeVisData.create(sae=sae, model=hm, tokens=tokens, cfg=vcfg,
@@ -428,14 +434,27 @@ def saevis_dashboard(model, sae, features: Sequence[int], tokens: torch.Tensor,
         ensure_file(Path(path).parent / 'd3.v6.min.js', d3.read_bytes())
         page = page.replace(d3_tag, '<script src="d3.v6.min.js"></script>')
     elif d3 is not None: page = page.replace(d3_tag, f'<script>{d3.read_text()}</script>')
+    page = saevis_start(page, fs[0])  # opens on the first feature, or on #feature=N in a standalone page's URL
     if path is not None: atomic_write(path, page)
     return page
+
+def _drop_probe_padding(obj):
+    "sae-vis page data without the probe tables' zero-column rows (symbol '(none)'): every row shown is a real probe direction."
+    if isinstance(obj, dict):
+        out = {}
+        for k, v in obj.items():
+            if k == 'probeLogitsTables' and isinstance(v, dict):
+                v = {name: {kk: [r for r in vv if not (isinstance(r, dict) and r.get('symbol') == '(none)')] if isinstance(vv, list) else vv
+                            for kk, vv in t.items()} if isinstance(t, dict) else t for name, t in v.items()}
+            out[k] = _drop_probe_padding(v) if k != 'probeLogitsTables' else v
+        return out
+    return [_drop_probe_padding(x) for x in obj] if isinstance(obj, list) else obj
 
 class _SafeJSONModule:
     "Stands in for `json` inside sae-vis's page writer: `dumps` gives `script_json` (so token strings cannot close its `<script>`)."
     def __getattr__(self, k): return getattr(json, k)
     @staticmethod
-    def dumps(obj, **kw): return script_json(obj, **kw)
+    def dumps(obj, **kw): return script_json(_drop_probe_padding(obj), **kw)
 
 @contextlib.contextmanager
 def _saevis_script_safe():
@@ -467,13 +486,37 @@ def _write_plotlyjs(folder: Path) -> Path:
     from plotly.offline import get_plotlyjs
     return ensure_file(Path(folder) / 'plotly.min.js', get_plotlyjs())
 
+def saevis_features(page: str) -> list[int]:
+    "The features a sae-vis page holds (the keys of its `DATA`)."
+    import re
+    m = re.search(r'function defineData\(\) \{\s*return (\{.*?\});\s*\}\s*function definePromptData', page, re.S)
+    if not m: return []
+    try: return sorted(int(k) for k in json.loads(m.group(1)))
+    except (ValueError, json.JSONDecodeError): return []
+
+def saevis_start(page: str, feature: int) -> str:
+    "`page` opening on `feature` (sae-vis's `START_KEY`); a standalone page also follows `#feature=N` in its URL."
+    import re
+    return re.sub(r'const START_KEY = "?[^;\n]*"?;', f'const START_KEY = (new URLSearchParams(location.hash.slice(1)).get("feature")) || "{int(feature)}";',
+                  page, count=1)
+
+_FIT_JS = ("(function(f){function fit(){try{var d=f.contentDocument;if(!d||!d.body)return;"
+           "var h=Math.max(d.documentElement.scrollHeight,d.body.scrollHeight);f.style.height=(h+24)+'px';}catch(e){}}"
+           "fit();setTimeout(fit,300);setTimeout(fit,1500);})(this)")
+
+def iframe_html(page: str, height: int = 700) -> str:
+    "An iframe holding `page` (`srcdoc`) that grows to its content's height once loaded (no clipped sae-vis panels)."
+    return (f'<iframe class="actlab-iframe" srcdoc="{html.escape(page, quote=True)}" onload="{html.escape(_FIT_JS, quote=True)}" '
+            f'style="width:100%;height:{height}px;border:1px solid #ddd"></iframe>')
+
 def iframe(page: str, height: int = 700):
-    "An HTML page shown inline (an iframe with `srcdoc`), e.g. a sae-vis dashboard."
+    "An HTML page shown inline (an iframe with `srcdoc` that fits its content), e.g. a sae-vis dashboard."
     import warnings
     from IPython.display import HTML
     with warnings.catch_warnings():
         warnings.simplefilter('ignore')  # IPython suggests IFrame, which needs a file or URL; srcdoc keeps the page self-contained
-        return HTML(f'<iframe srcdoc="{html.escape(page, quote=True)}" style="width:100%;height:{height}px;border:1px solid #ddd"></iframe>')
+        return HTML(iframe_html(page, height))
+
 
 # %% ../nbs/10_dashboards.ipynb #83fc00e7
 @torch.no_grad()
@@ -484,19 +527,34 @@ def attention_html(model, tokens: torch.Tensor, heads: Sequence[tuple[int, int]]
     if not heads: raise DashboardInputError("no heads selected")
     _, cache = model.run_with_cache(tokens, names_filter=lambda n: n.endswith('hook_pattern'))
     pat = torch.stack([cache['pattern', l][0, h] for l, h in heads])
-    strs = [model.to_string(int(t)) for t in tokens[0]]
+    strs = _spaced_strings(model, tokens[0])
     with _circuitsvis_script_safe():
         return cv.attention.attention_heads(attention=pat, tokens=strs, attention_head_names=[f'L{l}H{h}' for l, h in heads]).local_src
 
+def _spaced_strings(model, tokens: torch.Tensor) -> list[str]:
+    "Token strings as they read in the prompt: a word-level tokenizer's tokens get a (non-breaking) space before them, so views do not run words together."
+    strs = [model.to_string(int(t)) for t in tokens]
+    joined = model.to_string(tokens[1:]) if len(tokens) > 1 else ''
+    word_level = len(strs) > 2 and ' ' in joined and ''.join(strs[1:]) != joined
+    return [s if (i == 0 or not word_level or s[:1].isspace()) else '\u00a0' + s for i, s in enumerate(strs)]
+
 @torch.no_grad()
-def logprobs_html(model, tokens: torch.Tensor, top_k: int = 5) -> str:
-    "circuitsvis token log-probs of one prompt `tokens` `[seq]` (self-contained HTML)."
+def logprobs_html(model, tokens: torch.Tensor, top_k: int = 5, answer: str | None = None, distractor: str | None = None) -> str:
+    "circuitsvis token log-probs of one prompt `tokens` `[seq]` (self-contained HTML), then the model's top-k after the last token."
     import circuitsvis as cv
     tokens = tokens.reshape(-1)
-    lp = model(tokens[None]).log_softmax(-1)[0]
+    lp = model(tokens[None].to(model.cfg.device)).log_softmax(-1)[0].cpu()
+    strs = _spaced_strings(model, tokens)
+    lookup = {int(t): s for t, s in zip(tokens, strs)}
     with _circuitsvis_script_safe():
         # circuitsvis shows these strings with innerHTML: escape them so they are shown, never parsed
-        return cv.logits.token_log_probs(tokens, lp, to_string=lambda i: html.escape(model.to_string(int(i))), top_k=top_k).local_src
+        view = cv.logits.token_log_probs(tokens, lp, to_string=lambda i: html.escape(lookup.get(int(i), model.to_string(int(i)))), top_k=top_k).local_src
+    p = lp[-1].exp()
+    v, ix = p.topk(top_k)
+    final = prediction_html([(model.to_string(int(t)), float(q)) for t, q in zip(ix, v)], answer or '', distractor or '',
+                            f'after the last token ({strs[-1].strip()!s}) the model predicts:')
+    return f'{view}<div class="actlab-final-prediction" style="margin:6px 0">{final}</div>'
+
 
 # %% ../nbs/10_dashboards.ipynb #b21efc3c
 def build_dashboard_html(out_dir: str | Path,

@@ -138,24 +138,24 @@ FIGURE_NOTES = (  # (regex on the figure's title, anchor id, what to look for, c
      'hides another; bars are 95% intervals resampled by clean prompt.', None),
     (r'^logit diff', 'fig-logit-diff', 'The same conditions in logit difference (answer − distractor): a family that stays above 0 keeps '
      'the answer ahead of its distractor even where accuracy drops (another token wins).', None),
-    (r'attribution', 'fig-attribution', 'Where the answer is written: the bars that shrink on the corrupted prompts against the ID control '
+    (r'where the answer is written|attribution', 'fig-attribution', 'Where the answer is written: the bars that shrink on the corrupted prompts against the ID control '
      'are the components the suffix disturbs.', None),
-    (r'layer.*pos|resid', 'fig-rescue-layer-pos', 'Rescue per layer and position (1 = patching the clean activation in restores the clean '
+    (r'(resid_pre|resid_mid|resid_post|attn_out|mlp_out)\b.*rescue', 'fig-rescue-layer-pos', 'Rescue per layer and position (1 = patching the clean activation in restores the clean '
      'logit difference, 0 = no effect), pooled over the failed runs of each family; positions are counted back from the answer '
      '(A−1 is the last token before it) and suffix slots are S1..Sk, so pooled prompts line up.', 'rescue'),
-    (r'head', 'fig-rescue-heads', 'Rescue per attention head (patching its clean output in): the bright cells are the heads whose output '
+    (r'^head rescue|head.*rescue', 'fig-rescue-heads', 'Rescue per attention head (patching its clean output in): the bright cells are the heads whose output '
      'the suffix corrupts; compare families column by column.', 'rescue'),
     (r'^L1 logistic|regulari', 'fig-probe-path', 'Held-out accuracy of the survival probe along its regularization path: compare its best '
      'score with the majority-class rate (dotted); the sparsest model within one standard error is the one kept.', None),
     (r'SAE training', 'fig-sae-training', 'The SAE trains to low reconstruction error with few dead features; a curve still falling at the '
      'end means more steps would help.', None),
-    (r'recover', 'fig-sae-recovery', 'How much of the logit difference survives splicing the SAE in (1 = all); a family far below the '
+    (r'recovered with the SAE|recovery', 'fig-sae-recovery', 'How much of the logit difference survives splicing the SAE in (1 = all); a family far below the '
      'controls is one the SAE does not represent well.', None),
-    (r'suppress', 'fig-features-suppressed', 'Features that fire at the answer on the ID control and drop on the corrupted prompt, by '
+    (r'^features suppressed', 'fig-features-suppressed', 'Features that fire at the answer on the ID control and drop on the corrupted prompt, by '
      'family: the answer features the suffix suppresses.', 'activation drop'),
-    (r'junk', 'fig-features-junk', 'Features rare on clean prompts that the suffix switches on: candidates for out-competing the answer.',
+    (r'^junk features', 'fig-features-junk', 'Features rare on clean prompts that the suffix switches on: candidates for out-competing the answer.',
      'firing rate'),
-    (r'rescue', 'fig-features-rescue', 'Restoring the top suppressed features on failed runs: rescue near 1 means the lost features alone '
+    (r'rescue by restoring', 'fig-features-rescue', 'Restoring the top suppressed features on failed runs: rescue near 1 means the lost features alone '
      'explain the failure; n/a where a cell has no failed run.', 'rescue'),
 )
 
@@ -164,8 +164,8 @@ CLAIM_FIGURES = {'clean_accuracy': 'fig-accuracy', 'ood_drop_grows_with_length':
 
 def figure_note(title: str) -> tuple[str, str, str | None]:
     "(anchor, caption, colorbar title) for a figure titled `title` (a generic caption where `FIGURE_NOTES` has none)."
-    for pat, anchor, caption, cbar in FIGURE_NOTES:
-        if re.search(pat, title or '', re.I): return anchor, caption, cbar
+    for pat, anchor, caption, cbar in sorted(FIGURE_NOTES, key=lambda n: n[1] in ('fig-rescue-layer-pos', 'fig-rescue-heads')):
+        if re.search(pat, title or '', re.I): return anchor, caption, cbar  # the generic rescue heatmaps last
     return '', f"{title}: read each panel's axis titles; hover a mark for its value and n.", None
 
 def _wrap(text: str, width: int) -> str:
@@ -179,7 +179,8 @@ def fit_figure(fig, colorbar_title: str | None = None):
     import plotly.graph_objects as go
     fig = go.Figure(fig)
     fig.update_layout(width=None, autosize=True)
-    n_cols = max(1, len([k for k in fig.layout if k.startswith('xaxis')]))
+    xs = [fig.layout[k] for k in fig.layout if k.startswith('xaxis')]
+    n_cols = max(1, len({tuple(x.domain or (0, 1)) for x in xs}))
     if fig.layout.title.text: fig.update_layout(title_text=_wrap(fig.layout.title.text, 90))
     for a in fig.layout.annotations or ():  # subplot titles
         if a.text and a.yref == 'paper': a.text = _wrap(a.text, max(24, 90 // n_cols))
@@ -195,12 +196,13 @@ def fit_figure(fig, colorbar_title: str | None = None):
         for t in scaled[1:]: t.showscale = False
         scaled[0].colorbar.update(x=1.02, xanchor='left')
         return fig
-    for t in scaled:  # distinct scales: each bar in a gap cut from the right of its own panel
+    for t in scaled:  # distinct scales: each bar in a gap cut from the right of its own column of panels
         xa = fig.layout['xaxis' + (t.xaxis[1:] if t.xaxis and t.xaxis != 'x' else '')]
         ya = fig.layout['yaxis' + (t.yaxis[1:] if t.yaxis and t.yaxis != 'y' else '')]
         d0, d1 = xa.domain or (0, 1)
         gap = min(0.07, (d1 - d0) * 0.25)
-        xa.domain = (d0, d1 - gap)
+        for x in xs:
+            if tuple(x.domain or (0, 1)) == (d0, d1): x.domain = (d0, d1 - gap)
         y0, y1 = ya.domain or (0, 1)
         t.colorbar.update(x=d1 - gap + 0.005, xanchor='left', len=y1 - y0, y=(y0 + y1) / 2, yanchor='middle', thickness=10,
                           title_side='right')
@@ -228,7 +230,11 @@ def relabel_positions(fig, suffix_length: int | None = None):
         hit = True
     if hit:
         what = 'S1..Sk = suffix slots, ' if suffix_length else ''
-        fig.update_xaxes(title_text=f'position ({what}answer pos = the last token, where the answer is predicted)', title_font_size=11)
+        xs = [k for k in fig.layout if k.startswith('xaxis')]
+        y_of = lambda k: (fig.layout['yaxis' + k[5:]].domain or (0, 1))[0]
+        low = min((y_of(k) for k in xs), default=0)
+        for k in xs:  # the axis title once, under the bottom row (it would sit on the next row's panel titles)
+            if y_of(k) == low: fig.layout[k].title = dict(text=f'position ({what}answer pos = the last token, where the answer is predicted)', font_size=11)
     return fig
 
 
@@ -260,6 +266,12 @@ def claim_numbers(evidence: dict) -> str:
     for k, v in scalars.items():
         if k in (est_key, 'ci_low', 'ci_high') or len(parts) >= 4: continue
         parts.append(f'{html.escape(k)} {_num(v)}')
+    if not parts:  # only nested evidence (e.g. one entry per family): its first entries, compactly
+        for k, v in list(ev.items())[:2]:
+            if isinstance(v, dict):
+                inner = ', '.join(f'{html.escape(str(a))} {_num(b)}' for a, b in list(v.items())[:3] if not isinstance(b, (dict, list)))
+                parts.append(f'<b>{html.escape(str(k))}</b> {inner}')
+        if len(ev) > 2 and parts: parts.append(f'+{len(ev) - 2} more (evidence)')
     return ' · '.join(parts) or '<i>see details</i>'
 
 def _round_tree(x):
@@ -310,7 +322,7 @@ _REPORT_CSS = '''body{font-family:system-ui,sans-serif;max-width:min(1500px,96vw
 .tab{border-collapse:collapse;max-width:100%;overflow-x:auto;display:block} .tab td,.tab th{padding:2px 8px;text-align:right}
 figure{margin:1.2em 0} figcaption{font-size:92%;color:#444;border-left:3px solid #4a7;padding:2px 8px;margin-top:2px}
 #findings{border:2px solid #4a7;border-radius:6px;padding:4px 14px;background:#f6fbf7;margin:1em 0}
-#findings .tab td{text-align:left;vertical-align:top} #findings td.num{white-space:nowrap} .holds{color:#16632a;font-weight:bold}
+#findings .tab td,#findings .tab th{text-align:left;vertical-align:top} #findings td.num{min-width:14em;max-width:36em} #findings td:first-child{white-space:nowrap} .holds{color:#16632a;font-weight:bold}
 .fails{color:#a11;font-weight:bold} .ci{color:#555} details code{font-size:85%;word-break:break-all} .js-plotly-plot{max-width:100%}'''
 
 def go_copy(fig):
