@@ -188,6 +188,7 @@ def answer_attribution(model: HookedTransformer, tokens: torch.Tensor, answer_id
     acc, acc_labels = cache.accumulated_resid(apply_ln=True, pos_slice=-1, return_labels=True)  # [component, n, d_model]
     unembed_dir = unembed_difference(model, answer_ids, distractor_ids).to(direction.device)
     lens = torch.einsum('cnd,nd->nc', acc.float(), unembed_dir).cpu().numpy()  # acc is already through ln_final (w and b)
+    if 'blocks.0.attn.hook_result' not in cache.cache_dict: cache.compute_head_results()  # else TransformerLens prints a notice
     heads, head_labels = cache.stack_head_results(apply_ln=True, pos_slice=-1, return_labels=True)
     comps, comp_labels = cache.decompose_resid(apply_ln=True, pos_slice=-1, return_labels=True, mode='all', incl_embeds=True)
     dla_heads = torch.einsum('cnd,nd->nc', heads.float(), direction).cpu().numpy()

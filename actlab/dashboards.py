@@ -22,10 +22,12 @@ from .patching import PatchingConfig, patch_pairs, heatmap_layer_pos_by_family, 
 from .core import atomic_write, ensure_file
 
 # %% auto #0
-__all__ = ['DashboardInputError', 'DashboardData', 'build_dashboard_data', 'script_json', 'entity_escape', 'message_html',
-           'tokens_html', 'table_html', 'show_figure', 'ExampleBrowser', 'FeatureBrowser', 'RescueOverview',
-           'dashboard', 'open_dashboard', 'saevis_adapter', 'concat_prompts', 'saevis_dashboard', 'find_d3', 'iframe',
-           'attention_html', 'logprobs_html', 'build_dashboard_html']
+__all__ = ['DashboardInputError', 'DashboardData', 'build_dashboard_data', 'save_dashboard_data', 'load_dashboard_data',
+           'script_json', 'entity_escape', 'message_html', 'tokens_html', 'table_html', 'show_figure', 'caption_html',
+           'prediction_html', 'ExampleBrowser', 'FeatureBrowser', 'RescueOverview', 'SaeVisView', 'dashboard',
+           'open_dashboard', 'saevis_adapter', 'concat_prompts', 'saevis_dashboard', 'find_d3', 'saevis_features',
+           'saevis_start', 'iframe_html', 'iframe', 'attention_html', 'logprobs_html', 'site_page', 'dashboard_extras',
+           'plot_atp_scatter', 'build_dashboard_html']
 
 # %% ../nbs/10_dashboards.ipynb #900e2353
 class DashboardInputError(ValueError):
@@ -45,6 +47,9 @@ class DashboardData:
     example_sites: dict  # example_id -> {site: (x labels, [layer, pos|head] rescue)}
     hook_name: str
     head_table: pd.DataFrame = None  # actlab.features.head_changes
+    predictions: dict = None  # example_id -> {'clean'|'corrupted': [(token, prob), ...] top-k at the answer position}
+    meta: dict = field(default_factory=dict)  # what the views show: model, sae, hook, n pairs (every page says it)
+    extras: dict = field(default_factory=dict)  # optional views: 'paths' (PathPatchResult), 'atp' (AtP vs exact table)
 
     @property
     def d_sae(self) -> int: return self.fa.d_sae
@@ -67,9 +72,28 @@ class DashboardData:
         if suffix_length is not None: m &= (self.df.suffix_length == int(suffix_length)).to_numpy()
         return self.df[m]
 
+    def busiest_feature(self) -> int:
+        "The feature that fires on the most corrupted prompts at the answer position (a sensible default to show)."
+        return int(np.argmax((self.fa.corrupted > 0).sum(0)))
+
+    def subtitle(self) -> str:
+        "One line naming what the views show: model, SAE and its hook, the prompts."
+        m = self.meta or {}
+        return (f"model {m.get('model', '?')} · SAE {m.get('sae', '?')} (d_sae {self.d_sae}) at {self.hook_name} · "
+                f"{len(self.df)} prompt pairs ({', '.join(self.families)}; suffix lengths {self.suffix_lengths})")
+
+@torch.no_grad()
+def _predictions(model, toks: torch.Tensor, k: int) -> list:
+    "Top-`k` (token, prob) after the last token of each row."
+    p = model(toks.to(model.cfg.device))[:, -1].float().softmax(-1).cpu()
+    v, i = p.topk(k, -1)
+    return [[(model.to_string(int(t)), float(q)) for t, q in zip(ii, vv)] for ii, vv in zip(i, v)]
+
 @torch.no_grad()
 def build_dashboard_data(model, sae, pairs, patching=None, store=None,
-                         patching_cfg: PatchingConfig = PatchingConfig(sites=('resid_pre', 'head'))) -> DashboardData:
+                         patching_cfg: PatchingConfig = PatchingConfig(sites=('resid_pre', 'head')),
+                         top_k: int = 5,  # predictions kept per prompt
+                         meta: dict | None = None) -> DashboardData:  # e.g. {'model': 'builtin', 'sae': 'trained here'}
     "Precompute everything the dashboards show for `pairs` (an `actlab.tasks.PairSet`) and `sae` on `model`."
     hook = sae_hook(sae)
     if hook not in model.hook_dict: raise DashboardInputError(f"the SAE reads {hook!r}, which this model does not have")
@@ -79,19 +103,21 @@ def build_dashboard_data(model, sae, pairs, patching=None, store=None,
         fa.df = fa.df.merge(pairs.df, on='example_id', suffixes=('_store', '')) if 'corruption_type' not in fa.df else fa.df
     else: fa = pair_feature_acts(model, sae, pairs)
     patching = patching if patching is not None else patch_pairs(model, pairs, patching_cfg)
-    str_tokens, token_acts, attr = {}, {}, []
+    str_tokens, token_acts, attr, preds = {}, {}, [], {}
     for g in pairs.groups():
         toks = g.tokens('corrupted')
         acts = encode_at(model, sae, toks, pos=None).cpu().numpy()
         try: a = feature_attribution(model, sae, toks, g.answer_ids, g.distractor_ids)
         except ValueError: a = np.full((len(toks), sae.cfg.d_sae), np.nan)  # not a residual-stream SAE: no direct attribution
+        pc, pk = _predictions(model, g.tokens('clean'), top_k), _predictions(model, toks, top_k)
         for i, e in enumerate(g.df.example_id.to_numpy()):
             str_tokens[int(e)] = [pairs.tokenizer.convert_ids_to_tokens(int(t)) for t in toks[i]]
             token_acts[int(e)] = acts[i].astype(np.float32)
+            preds[int(e)] = dict(clean=pc[i], corrupted=pk[i])
         attr.append(pd.DataFrame(a, index=g.df.example_id.to_numpy()))
     attr = pd.concat(attr).loc[fa.df.example_id.to_numpy()].to_numpy()
-    cols = [c for c in ('example_id', 'rescue_score', 'patch_class', 'best_patch_site', 'logit_diff_clean', 'logit_diff_corrupted', 'degenerate')
-            if c in patching.df]
+    cols = [c for c in ('example_id', 'rescue_score', 'patch_class', 'best_patch_site', 'logit_diff_clean', 'logit_diff_corrupted', 'degenerate',
+                        'survives') if c in patching.df]
     df = fa.df.merge(patching.df[cols], on='example_id', how='left')
     sites = {}
     for gr in patching.groups:
@@ -104,7 +130,31 @@ def build_dashboard_data(model, sae, pairs, patching=None, store=None,
     W_dec = sae.W_dec if sae.W_dec.shape[1] == model.cfg.d_model else torch.zeros(sae.cfg.d_sae, model.cfg.d_model)
     effects = (W_dec @ WU).cpu().numpy()
     vocab = [model.to_string(i) for i in range(model.cfg.d_vocab)]
-    return DashboardData(df, str_tokens, token_acts, fa, attr, effects, vocab, patching, sites, hook, head_changes(model, pairs))
+    info = dict(model=getattr(model, 'actlab_identity', {}).get('name', model.cfg.model_name), sae=f'{sae.cfg.architecture()}'
+                if callable(getattr(sae.cfg, 'architecture', None)) else type(sae).__name__, hook=hook, n_pairs=len(pairs), **(meta or {}))
+    return DashboardData(df, str_tokens, token_acts, fa, attr, effects, vocab, patching, sites, hook, head_changes(model, pairs), preds, info)
+
+def save_dashboard_data(data: DashboardData, path: str | Path) -> Path:
+    "Write `data` to one file (`dashboard_data.pkl.gz`; `actlab run` writes it into the results folder), atomically."
+    import gzip, pickle
+    path = Path(path)
+    if path.suffix != '.gz': path = path / 'dashboard_data.pkl.gz'
+    path.parent.mkdir(parents=True, exist_ok=True)
+    blob = gzip.compress(pickle.dumps(dict(version=1, data=data), protocol=pickle.HIGHEST_PROTOCOL), compresslevel=3)
+    atomic_write(path, blob)
+    return path
+
+def load_dashboard_data(path: str | Path) -> DashboardData:
+    "The `DashboardData` saved by `save_dashboard_data` (a results folder or the file itself); a clear error where there is none."
+    import gzip, pickle
+    path = Path(path)
+    if path.is_dir(): path = path / 'dashboard_data.pkl.gz'
+    if not path.exists(): raise DashboardInputError(f"no saved dashboard data at {path}; run the whole study (`actlab run study.yaml`) first")
+    try: d = pickle.loads(gzip.decompress(path.read_bytes()))
+    except Exception as e: raise DashboardInputError(f"{path} is damaged ({type(e).__name__}); run the study again") from None
+    if not isinstance(d, dict) or d.get('version') != 1: raise DashboardInputError(f"{path} was written by another actlab version; run the study again")
+    return d['data']
+
 
 # %% ../nbs/10_dashboards.ipynb #46ed1361
 _MSG_STYLE = 'background:#fff3cd;border:1px solid #e0c36c;padding:4px 8px;border-radius:4px'
@@ -143,11 +193,27 @@ def table_html(df: pd.DataFrame, floatfmt: str = '{:.3f}') -> str:
     return df.to_html(index=False, float_format=lambda v: floatfmt.format(v), classes='actlab-table', border=0, escape=True)
 
 def show_figure(out: widgets.Output, fig: go.Figure):
-    "Put `fig` in `out` as a plotly mime bundle (works with or without a kernel)."
+    "Put `fig` in `out` as a plotly mime bundle (works with or without a kernel), autosized to the output's width."
+    from actlab.study import fit_figure
+    fig = fit_figure(fig)
     out.outputs = ({'output_type': 'display_data', 'metadata': {},
                     'data': {'application/vnd.plotly.v1+json': json.loads(fig.to_json()),
-                             'text/html': fig.to_html(include_plotlyjs=False, full_html=False),
+                             'text/html': fig.to_html(include_plotlyjs=False, full_html=False, default_width='100%', config={'responsive': True}),
                              'text/plain': f'<plotly figure: {fig.layout.title.text}>'}},)
+
+def caption_html(text: str) -> str:
+    "A one-line 'what to look for' caption under a view."
+    return f'<div class="actlab-caption" style="font-size:90%;color:#444;border-left:3px solid #4a7;padding:1px 8px"><b>What to look for:</b> {html.escape(text)}</div>'
+
+def prediction_html(preds: list, answer: str, distractor: str, title: str) -> str:
+    "The model's top-k at the answer position, the answer and the distractor marked."
+    cells = []
+    for t, p in preds:
+        tag = ' (answer)' if t.strip() == str(answer).strip() else ' (distractor)' if t.strip() == str(distractor).strip() else ''
+        col = '#cfe8d4' if tag == ' (answer)' else '#f6d0d0' if tag == ' (distractor)' else '#eee'
+        cells.append(f'<span style="background:{col};padding:1px 5px;margin:0 2px;border-radius:3px;font-family:monospace">'
+                     f'{html.escape(t)}{tag} {p:.0%}</span>')
+    return f'<div><span style="font-size:90%;color:#555">{html.escape(title)}</span> {"".join(cells)}</div>'
 
 def _dashboard_box(children, cls: str) -> widgets.VBox:
     box = widgets.VBox(children)
@@ -156,28 +222,51 @@ def _dashboard_box(children, cls: str) -> widgets.VBox:
 
 # %% ../nbs/10_dashboards.ipynb #42ed8f89
 class ExampleBrowser:
-    "Family → suffix length → example: tokens coloured by a feature, top features at the answer position, patching heatmaps."
-    def __init__(self, data: DashboardData, feature: int = 0, top_k: int = 8):
+    "Family → suffix length → example: the model's prediction, tokens coloured by a feature, top features at the answer position, rescue heatmaps."
+    def __init__(self, data: DashboardData, feature: int | None = None, top_k: int = 8):
         self.data, self.top_k, self.figures = data, top_k, {}
+        feature = data.busiest_feature() if feature is None else feature
         self.family = widgets.Dropdown(options=data.families, description='family')
         self.suffix_length = widgets.Dropdown(options=data.suffix_lengths, description='suffix length')
-        self.example = widgets.Dropdown(options=[], description='example', layout=widgets.Layout(width='600px'))
+        self.example = widgets.Dropdown(options=[], description='example', layout=widgets.Layout(width='min(600px, 95%)'))
         self.feature = widgets.IntText(value=feature, description='feature')
-        self.message, self.info, self.tokens, self.top = (widgets.HTML(description=d) for d in ('message', 'info', 'tokens', 'top features'))
+        self.pick = widgets.Select(options=[], description='top features', rows=min(top_k, 8), layout=widgets.Layout(width='min(520px, 95%)'))
+        self.message, self.info, self.prediction, self.tokens, self.top = (widgets.HTML(description=d) for d in
+                                                                            ('message', 'info', 'prediction', 'tokens', 'feature table'))
         self.heatmap = widgets.Output()
+        cap = widgets.HTML(caption_html('the prediction after the suffix (answer green, distractor red); the highlighted tokens are '
+                                        'where the chosen feature fires; pick a top feature to show it here and in the feature browser; '
+                                        'rescue is n/a when the run did not fail.'))
         self.widget = _dashboard_box([widgets.HBox([self.family, self.suffix_length]), widgets.HBox([self.example, self.feature]),
-                                      self.message, self.info, self.tokens, self.top, self.heatmap], 'actlab-example-browser')
+                                      self.message, cap, self.info, self.prediction, self.tokens, self.pick, self.top, self.heatmap],
+                                     'actlab-example-browser')
         self.family.observe(self._options, 'value'); self.suffix_length.observe(self._options, 'value')
         self.example.observe(self._draw, 'value'); self.feature.observe(self._draw, 'value')
+        self.pick.observe(self._picked, 'value')
         self._options()
 
     def _ipython_display_(self): from IPython.display import display; display(self.widget)
 
+    def show(self, example_id: int):
+        "Open the browser on one example (its family and suffix length follow)."
+        row = self.data.df[self.data.df.example_id == int(example_id)]
+        if not len(row): return self._fail(f'no example {example_id}; pick one from the list')
+        r = row.iloc[0]
+        self._busy = True
+        try: self.family.value, self.suffix_length.value = r.corruption_type, int(r.suffix_length)
+        finally: self._busy = False
+        self._options(); self.example.value = int(example_id)
+
+    def _picked(self, *_):
+        if getattr(self, '_busy', False) or self.pick.value is None: return
+        self.feature.value = int(self.pick.value)
+
     def _fail(self, text):
         self.message.value = message_html(text)
-        self.tokens.value = self.top.value = self.info.value = ''
+        self.tokens.value = self.top.value = self.info.value = self.prediction.value = ''
 
     def _options(self, *_):
+        if getattr(self, '_busy', False): return
         sel = self.data.select(self.family.value, self.suffix_length.value)
         opts = [(f'{int(r.example_id)}: {r.prompt_corrupted}', int(r.example_id)) for r in sel.itertuples()]
         old = self.example.value
@@ -203,41 +292,68 @@ class ExampleBrowser:
         i = int(np.flatnonzero(d.df.example_id.to_numpy() == e)[0])
         acts = d.token_acts[e][:, f]
         self.message.value = ''
-        self.info.value = (f'<b>rescue score</b> {row.get("rescue_score", np.nan):.3f} &nbsp; <b>class</b> {html.escape(str(row.get("patch_class", "?")))} &nbsp; '
-                           f'<b>best site</b> {html.escape(str(row.get("best_patch_site", "?")))} &nbsp; <b>logit diff</b> clean {row.get("logit_diff_clean", np.nan):.2f} '
-                           f'→ corrupted {row.get("logit_diff_corrupted", np.nan):.2f} &nbsp; answer {html.escape(str(row.answer_token))} vs '
-                           f'{html.escape(str(row.distractor_token))}')
+        failed = not bool(row.get('survives', True)) if pd.notna(row.get('survives', np.nan)) else True
+        fmt = lambda v: 'n/a' if v is None or (isinstance(v, float) and not np.isfinite(v)) else f'{v:.2f}'
+        rescue = (f'<b>rescue</b> {fmt(row.get("rescue_score", np.nan))} at {html.escape(str(row.get("best_patch_site", "") or "n/a"))}'
+                  if failed else '<b>rescue</b> n/a (the corrupted run did not fail)')
+        cls = row.get('failure_class', None)
+        cls = f' &nbsp; <b>failure class</b> {html.escape(str(cls))}' if isinstance(cls, str) and cls else ''
+        self.info.value = (f'<b>{"failed" if failed else "survived"}</b> &nbsp; {rescue} &nbsp; <b>patch class</b> '
+                           f'{html.escape(str(row.get("patch_class", "?")))}{cls} &nbsp; <b>logit diff</b> clean '
+                           f'{fmt(row.get("logit_diff_clean", np.nan))} → corrupted {fmt(row.get("logit_diff_corrupted", np.nan))}')
+        p = (d.predictions or {}).get(e)
+        self.prediction.value = ('' if p is None else
+                                 prediction_html(p['corrupted'], row.answer_token, row.distractor_token, 'corrupted prompt predicts:')
+                                 + prediction_html(p['clean'], row.answer_token, row.distractor_token, 'ID control predicts:'))
         self.tokens.value = tokens_html(d.str_tokens[e], acts, vmax=max(float(d.token_acts[e].max()), 1e-9),
                                         title=f'feature {f} on the corrupted prompt (ID control at the answer: {d.fa.clean[i, f]:.3f})')
         x, c = d.fa.corrupted[i], d.fa.clean[i]
         top = np.argsort(-x)[:self.top_k]
         top = top[x[top] > 0]
         t = pd.DataFrame(dict(feature=top, act_corrupted=x[top], act_clean=c[top], attribution=d.attribution[i, top]))
-        self.top.value = table_html(t) if len(t) else '<i>no feature fires at the answer position</i>'
-        self.figures['heatmap'] = fig = self._figure(e)
+        self._busy = True
+        try:
+            self.pick.options = [(f'feature {int(r.feature)}: act {r.act_corrupted:.2f} (ID {r.act_clean:.2f}), attribution {r.attribution:.2f}',
+                                  int(r.feature)) for r in t.itertuples()]
+            self.pick.value = f if f in set(t.feature.tolist()) else None
+        finally: self._busy = False
+        self.top.value = table_html(t.round(3)) if len(t) else '<i>no feature fires at the answer position</i>'
+        self.figures['heatmap'] = fig = self._figure(e, failed)
         show_figure(self.heatmap, fig)
 
-    def _figure(self, e) -> go.Figure:
+    def _figure(self, e, failed: bool = True) -> go.Figure:
         from plotly.subplots import make_subplots
-        sites = self.data.example_sites.get(e, {})
-        fig = make_subplots(1, max(1, len(sites)), subplot_titles=[f'{s} rescue' for s in sites], horizontal_spacing=0.15)
+        sites = self.data.example_sites.get(e, {}) if failed else {}
+        if not sites:
+            return go.Figure().update_layout(title=f'example {e}: patching rescue n/a (the corrupted run did not fail)', height=120,
+                                             xaxis_visible=False, yaxis_visible=False)
+        fig = make_subplots(1, len(sites), subplot_titles=[f'{s} rescue' for s in sites], horizontal_spacing=0.12)
         for j, (s, (x, z)) in enumerate(sites.items()):
             z = np.asarray(z, float)
             fig.add_trace(go.Heatmap(z=z, x=[f'{k}:{t}' for k, t in enumerate(x)], y=[f'L{l}' for l in range(z.shape[0])], colorscale='RdBu',
-                                     zmid=0, zmin=-1, zmax=1, showscale=j == 0), 1, j + 1)
-        return fig.update_layout(title=f'example {e}: patching rescue', height=300, width=900)
+                                     zmid=0, zmin=-1, zmax=1, showscale=j == 0, colorbar=dict(title='rescue'),
+                                     hovertemplate='%{y} %{x}<br>rescue %{z:.2f}<extra></extra>'), 1, j + 1)
+            fig.update_xaxes(title_text='position:token' if 'pos' in SITES[s][1] else 'head', row=1, col=j + 1)
+        return fig.update_layout(title=f'example {e}: rescue per patched site (1 = clean logit diff restored)', height=320)
+
 
 # %% ../nbs/10_dashboards.ipynb #04eb0ee9
 class FeatureBrowser:
-    "A feature → activation histogram, clean vs OOD by family, top-activating examples, logit effects."
-    def __init__(self, data: DashboardData, feature: int = 0, n_examples: int = 8, n_tokens: int = 8):
+    "A feature → activation histogram, ID control vs OOD by family with intervals, top-activating examples, logit effects."
+    def __init__(self, data: DashboardData, feature: int | None = None, n_examples: int = 8, n_tokens: int = 8):
         self.data, self.n_examples, self.n_tokens, self.figures = data, n_examples, n_tokens, {}
+        feature = data.busiest_feature() if feature is None else feature
         self._max = {e: a.max(0) for e, a in data.token_acts.items()}
         self._ids = np.array(list(self._max)); self._mx = np.stack([self._max[e] for e in self._ids])
         self.feature = widgets.IntText(value=feature, description='feature')
+        self.example = widgets.Dropdown(options=[], description='open example', layout=widgets.Layout(width='min(520px, 95%)'))
         self.message, self.examples, self.logits = (widgets.HTML(description=d) for d in ('message', 'top examples', 'logit effects'))
         self.plots = widgets.Output()
-        self.widget = _dashboard_box([self.feature, self.message, self.plots, self.logits, self.examples], 'actlab-feature-browser')
+        cap = widgets.HTML(caption_html('where the feature fires at the answer position (ID control blue, corrupted red, side by side), its mean '
+                                        'per family with 95% intervals by clean prompt, the tokens its decoder promotes and suppresses, and the '
+                                        'prompts it fires on most; pick one of them to open it in the example browser.'))
+        self.widget = _dashboard_box([widgets.HBox([self.feature, self.example]), self.message, cap, self.plots, self.logits, self.examples],
+                                     'actlab-feature-browser')
         self.feature.observe(self._draw, 'value')
         self._draw()
 
@@ -253,32 +369,47 @@ class FeatureBrowser:
         show_figure(self.plots, fig)
         eff = d.logit_effects[f]
         o = np.argsort(eff)
-        top = pd.DataFrame(dict(promoted=[d.vocab[i] for i in o[::-1][:self.n_tokens]], logit=eff[o[::-1][:self.n_tokens]],
-                                suppressed=[d.vocab[i] for i in o[:self.n_tokens]], logit_=eff[o[:self.n_tokens]]))
-        self.logits.value = table_html(top)
+        top = pd.DataFrame(dict(promoted=[d.vocab[i] for i in o[::-1][:self.n_tokens]], logit=eff[o[::-1][:self.n_tokens]].round(3),
+                                suppressed=[d.vocab[i] for i in o[:self.n_tokens]], logit_=eff[o[:self.n_tokens]].round(3)))
+        self.logits.value = table_html(top.rename(columns={'logit_': 'logit '}))
         order = np.argsort(-self._mx[:, f])[:self.n_examples]
-        parts = []
+        parts, opts = [], []
         for e in self._ids[order]:
             if self._max[e][f] <= 0: break
             fam = d.df.loc[d.df.example_id == e, 'corruption_type'].iloc[0]
             parts.append(tokens_html(d.str_tokens[e], d.token_acts[e][:, f], vmax=float(self._mx[order[0], f]), title=f'example {e} ({fam})'))
+            opts.append((f'{int(e)} ({fam}): max {self._max[e][f]:.2f}', int(e)))
+        self.example.options = opts
         self.examples.value = ''.join(parts) or '<i>this feature never fires on these prompts (dead here)</i>'
 
     def _figure(self, f: int) -> go.Figure:
         from plotly.subplots import make_subplots
+        from actlab.metrics import bootstrap_ci
         d = self.data
-        fig = make_subplots(1, 2, subplot_titles=['answer-position activation (where it fires)', 'mean activation by family'])
+        fig = make_subplots(1, 2, subplot_titles=['answer-position activation where it fires', 'mean activation by family (95% CI)'],
+                            horizontal_spacing=0.1)
         for name, a, col in (('ID control', d.fa.clean[:, f], '#1f77b4'), ('corrupted', d.fa.corrupted[:, f], '#d62728')):
-            fig.add_trace(go.Histogram(x=a[a > 0], name=name, marker_color=col, opacity=0.6, nbinsx=30), 1, 1)
+            fig.add_trace(go.Histogram(x=a[a > 0], name=f'{name} (n={int((a > 0).sum())} firing)', marker_color=col, nbinsx=30,
+                                       legendgroup=name), 1, 1)
         fam = d.fa.df.corruption_type.to_numpy()
+        grp = d.fa.df.problem_id.to_numpy() if 'problem_id' in d.fa.df else None
         fams = d.families
         for name, a, col in (('ID control', d.fa.clean[:, f], '#1f77b4'), ('corrupted', d.fa.corrupted[:, f], '#d62728')):
-            fig.add_trace(go.Bar(x=fams, y=[a[fam == x].mean() for x in fams], name=name, marker_color=col, showlegend=False), 1, 2)
-        return fig.update_layout(title=f'feature {f}', barmode='overlay', height=330, width=900)
+            ci = [bootstrap_ci(a[fam == x], None if grp is None else grp[fam == x], n_boot=300) for x in fams]
+            est = np.array([c[0] for c in ci]); lo = np.array([c[1] for c in ci]); hi = np.array([c[2] for c in ci])
+            fig.add_trace(go.Bar(x=fams, y=est, name=name, marker_color=col, showlegend=False, legendgroup=name,
+                                 error_y=dict(type='data', symmetric=False, array=np.nan_to_num(hi - est), arrayminus=np.nan_to_num(est - lo)),
+                                 customdata=[int((fam == x).sum()) for x in fams], hovertemplate='%{x}<br>mean %{y:.3f}<br>n=%{customdata}<extra>' + name + '</extra>'), 1, 2)
+        fig.update_xaxes(title_text='activation at the answer position', row=1, col=1)
+        fig.update_yaxes(title_text='prompts', row=1, col=1)
+        fig.update_xaxes(title_text='family', tickangle=-30, row=1, col=2)
+        fig.update_yaxes(title_text='mean activation', row=1, col=2)
+        return fig.update_layout(title=f'feature {f}', barmode='group', height=380, legend=dict(orientation='h', y=1.12, x=0))
+
 
 # %% ../nbs/10_dashboards.ipynb #5239a098
 class RescueOverview:
-    "Layer × position and head rescue heatmaps by family, with a suffix-length slider."
+    "Layer × position and head rescue heatmaps by family, with a suffix-length slider; positions labelled relative to the answer."
     def __init__(self, data: DashboardData, families: Sequence[str] | None = None):
         self.data, self.figures, self._cache = data, {}, {}
         p = data.patching
@@ -289,8 +420,11 @@ class RescueOverview:
         self.suffix_length = widgets.SelectionSlider(options=data.suffix_lengths, value=data.suffix_lengths[0], description='suffix length')
         self.site = widgets.Dropdown(options=self.lp_sites or ['(none)'], description='site')
         self.message = widgets.HTML(description='message')
+        cap = widgets.HTML(caption_html('mean rescue over each family\'s runs (1 = patching the clean activation in restores the clean logit '
+                                        'difference) with its spread; columns are positions counted from the answer (S1..Sk = suffix slots) '
+                                        'so pooled prompts line up; heads: which heads\' clean output rescues.'))
         self.layer_pos, self.heads = widgets.Output(), widgets.Output()
-        self.widget = _dashboard_box([widgets.HBox([self.families, widgets.VBox([self.suffix_length, self.site])]), self.message,
+        self.widget = _dashboard_box([widgets.HBox([self.families, widgets.VBox([self.suffix_length, self.site])]), self.message, cap,
                                       self.layer_pos, self.heads], 'actlab-rescue-overview')
         for w in (self.families, self.suffix_length, self.site): w.observe(self._draw, 'value')
         self._draw()
@@ -299,11 +433,12 @@ class RescueOverview:
 
     def figure(self, kind: str, families: tuple, suffix_length: int, site: str) -> go.Figure:
         "The (cached) figure: kind 'layer_pos' or 'head'."
+        from actlab.study import relabel_positions
         key = (kind, families, suffix_length, site)
         if key not in self._cache:
             p = self.data.patching
-            self._cache[key] = (heatmap_layer_pos_by_family(p, site, suffix_length, families=list(families)) if kind == 'layer_pos'
-                                else heatmap_layer_head_by_family(p, suffix_length, site=site, families=list(families)))
+            self._cache[key] = (relabel_positions(heatmap_layer_pos_by_family(p, site, suffix_length, families=list(families)), suffix_length)
+                                if kind == 'layer_pos' else heatmap_layer_head_by_family(p, suffix_length, site=site, families=list(families)))
         return self._cache[key]
 
     def precompute(self):
@@ -329,17 +464,51 @@ class RescueOverview:
             if k in self.figures: show_figure(out, self.figures[k])
             else: out.outputs = ()
 
+
 # %% ../nbs/10_dashboards.ipynb #05d218a9
-def dashboard(data: DashboardData, feature: int = 0) -> widgets.Tab:
-    "Example browser, feature browser and rescue overview in tabs (top container has CSS class `actlab-dashboard`)."
+class SaeVisView:
+    "A sae-vis page (from `saevis_dashboard`) in an iframe that fits its content, switched to the selected feature where the page has it."
+    def __init__(self, page: str, feature: int | None = None):
+        self.page, self.features = page, saevis_features(page)
+        self.feature = widgets.IntText(value=feature if feature is not None else (self.features[0] if self.features else 0), description='feature')
+        self.message, self.view = widgets.HTML(description='message'), widgets.HTML(description='sae-vis')
+        self.widget = _dashboard_box([self.feature, self.message, self.view], 'actlab-saevis')
+        self.feature.observe(self._draw, 'value')
+        self._draw()
+
+    def _ipython_display_(self): from IPython.display import display; display(self.widget)
+
+    def _draw(self, *_):
+        f = self.feature.value
+        if f not in self.features:
+            self.message.value = message_html(f'feature {f} is not on this sae-vis page (it holds {self.features}); build one with '
+                                              f'saevis_dashboard(model, sae, [{f}], tokens)')
+            return
+        self.message.value = ''
+        self.view.value = iframe_html(saevis_start(self.page, f))
+
+def dashboard(data: DashboardData, feature: int | None = None, saevis_page: str | None = None) -> widgets.Tab:
+    "Example browser, feature browser, rescue overview (and a sae-vis page) in linked tabs (top container has CSS class `actlab-dashboard`)."
+    feature = data.busiest_feature() if feature is None else feature
     parts = [('example browser', ExampleBrowser(data, feature)), ('feature browser', FeatureBrowser(data, feature)),
              ('rescue overview', RescueOverview(data))]
-    tab = widgets.Tab(children=[p.widget for _, p in parts], titles=[t for t, _ in parts])
+    if saevis_page is not None: parts.append(('sae-vis', SaeVisView(saevis_page, feature)))
+    p = dict(parts)
+    widgets.link((p['example browser'].feature, 'value'), (p['feature browser'].feature, 'value'))  # one feature selection for every tab
+    if 'sae-vis' in p: widgets.link((p['feature browser'].feature, 'value'), (p['sae-vis'].feature, 'value'))
+    tab = widgets.Tab(children=[q.widget for _, q in parts], titles=[t for t, _ in parts])
+    def open_example(change):
+        if change['new'] is None: return
+        p['example browser'].show(change['new']); tab.selected_index = 0
+    p['feature browser'].example.observe(open_example, 'value')
     tab.add_class('actlab-dashboard')
-    tab.parts = dict(parts)
-    return tab
+    tab.parts = p
+    head = widgets.HTML(f'<div class="actlab-subtitle" style="font-size:90%;color:#333;margin:2px 0 6px">{html.escape(data.subtitle())}</div>')
+    box = widgets.VBox([head, tab]); box.add_class('actlab-dashboard')
+    box.parts, box.tab = p, tab
+    return box
 
-def open_dashboard(model, sae, pairs, store=None, patching=None, feature: int = 0):
+def open_dashboard(model, sae, pairs, store=None, patching=None, feature: int | None = None):
     "Build the data and the tabbed dashboard; input problems become a message widget (no traceback)."
     try: data = build_dashboard_data(model, sae, pairs, patching=patching, store=store)
     except (DashboardInputError, IndexError, KeyError) as err:
@@ -347,6 +516,7 @@ def open_dashboard(model, sae, pairs, store=None, patching=None, feature: int = 
         box.add_class('actlab-dashboard')
         return box
     return dashboard(data, feature)
+
 
 # %% ../nbs/10_dashboards.ipynb #e2386efc
 @contextlib.contextmanager
@@ -376,10 +546,10 @@ def concat_prompts(model, pairs, n_rows: int = 64, seq_len: int | None = None, w
 
 _PROBE_ROWS = 10  # sae-vis sizes its probe tables with the logit table's n_rows (10), so a probe needs >= 10 columns
 
-def _probe_matrix(direction) -> torch.Tensor:
-    "`[d, 10]`: the direction, its negation, and zero columns (sae-vis's probe tables need as many columns as logit-table rows)."
-    v = torch.as_tensor(np.asarray(direction, dtype=np.float32)).flatten()
-    return torch.cat([torch.stack([v, -v], 1), torch.zeros(len(v), _PROBE_ROWS - 2)], 1)
+def _probe_matrix(directions) -> torch.Tensor:
+    "`[d, max(n, 10)]`: one column per probe direction, zero columns after (sae-vis's probe tables need as many columns as logit-table rows; the padding is dropped from the page)."
+    v = torch.stack([torch.as_tensor(np.asarray(x, dtype=np.float32)).flatten() for x in directions], 1)
+    return torch.cat([v, torch.zeros(len(v), max(0, _PROBE_ROWS - v.shape[1]))], 1)
 
 def _layout_with_probes():
     "sae-vis's default feature-centric layout plus its probe tables (under the logit tables)."
@@ -403,11 +573,16 @@ def saevis_dashboard(model, sae, features: Sequence[int], tokens: torch.Tensor,
     if bad: raise DashboardInputError(f"feature {bad} out of range: this SAE has {sae.cfg.d_sae} features (0..{sae.cfg.d_sae - 1})")
     if not fs: raise DashboardInputError("no features selected")
     hm = as_sae_transformer(model)
-    lp = [(mode, name, _probe_matrix(v)) for name, v in (probes or {}).items() for mode in ('input', 'output')]
+    names = list(probes or {})
+    label = ', '.join(names) if len(names) <= 3 else f'{len(names)} directions'
+    lp = [(mode, label, _probe_matrix([probes[n] for n in names])) for mode in ('input', 'output')] if names else []
     # sae-vis inserts token strings with d3's .html() (and un-escapes &lt; first): numeric references survive that and show as text
     vocab = {i: entity_escape(s) for i, s in enumerate(model.to_string(i) for i in range(model.cfg.d_vocab))}
-    vocab_dict = dict(embed=vocab, unembed=vocab, probes={0: '+ direction', 1: '− direction', **{i: '(none)' for i in range(2, _PROBE_ROWS)}})
-    with saevis_adapter(sae), torch.no_grad():
+    vocab_dict = dict(embed=vocab, unembed=vocab, probes={**{i: '(none)' for i in range(max(_PROBE_ROWS, len(names)))},
+                                                         **{i: entity_escape(n) for i, n in enumerate(names)}})
+    import warnings
+    with saevis_adapter(sae), torch.no_grad(), warnings.catch_warnings():
+        warnings.filterwarnings('ignore', message='Using a non-tuple sequence for multidimensional indexing')  # eindex on torch 2.x
         vcfg = SaeVisConfig(features=fs, minibatch_size_tokens=minibatch_size_tokens)
         if lp: vcfg.feature_centric_layout = _layout_with_probes()
         svd = SaeVisData.create(sae=sae, model=hm, tokens=tokens, cfg=vcfg,
@@ -428,14 +603,27 @@ def saevis_dashboard(model, sae, features: Sequence[int], tokens: torch.Tensor,
         ensure_file(Path(path).parent / 'd3.v6.min.js', d3.read_bytes())
         page = page.replace(d3_tag, '<script src="d3.v6.min.js"></script>')
     elif d3 is not None: page = page.replace(d3_tag, f'<script>{d3.read_text()}</script>')
+    page = saevis_start(page, fs[0])  # opens on the first feature, or on #feature=N in a standalone page's URL
     if path is not None: atomic_write(path, page)
     return page
+
+def _drop_probe_padding(obj):
+    "sae-vis page data without the probe tables' zero-column rows (symbol '(none)'): every row shown is a real probe direction."
+    if isinstance(obj, dict):
+        out = {}
+        for k, v in obj.items():
+            if k == 'probeLogitsTables' and isinstance(v, dict):
+                v = {name: {kk: [r for r in vv if not (isinstance(r, dict) and r.get('symbol') == '(none)')] if isinstance(vv, list) else vv
+                            for kk, vv in t.items()} if isinstance(t, dict) else t for name, t in v.items()}
+            out[k] = _drop_probe_padding(v) if k != 'probeLogitsTables' else v
+        return out
+    return [_drop_probe_padding(x) for x in obj] if isinstance(obj, list) else obj
 
 class _SafeJSONModule:
     "Stands in for `json` inside sae-vis's page writer: `dumps` gives `script_json` (so token strings cannot close its `<script>`)."
     def __getattr__(self, k): return getattr(json, k)
     @staticmethod
-    def dumps(obj, **kw): return script_json(obj, **kw)
+    def dumps(obj, **kw): return script_json(_drop_probe_padding(obj), **kw)
 
 @contextlib.contextmanager
 def _saevis_script_safe():
@@ -467,13 +655,37 @@ def _write_plotlyjs(folder: Path) -> Path:
     from plotly.offline import get_plotlyjs
     return ensure_file(Path(folder) / 'plotly.min.js', get_plotlyjs())
 
+def saevis_features(page: str) -> list[int]:
+    "The features a sae-vis page holds (the keys of its `DATA`)."
+    import re
+    m = re.search(r'function defineData\(\) \{\s*return (\{.*?\});\s*\}\s*function definePromptData', page, re.S)
+    if not m: return []
+    try: return sorted(int(k) for k in json.loads(m.group(1)))
+    except (ValueError, json.JSONDecodeError): return []
+
+def saevis_start(page: str, feature: int) -> str:
+    "`page` opening on `feature` (sae-vis's `START_KEY`); a standalone page also follows `#feature=N` in its URL."
+    import re
+    return re.sub(r'const START_KEY = "?[^;\n]*"?;', f'const START_KEY = (new URLSearchParams(location.hash.slice(1)).get("feature")) || "{int(feature)}";',
+                  page, count=1)
+
+_FIT_JS = ("(function(f){function fit(){try{var d=f.contentDocument;if(!d||!d.body)return;"
+           "var h=Math.max(d.documentElement.scrollHeight,d.body.scrollHeight);f.style.height=(h+24)+'px';}catch(e){}}"
+           "fit();setTimeout(fit,300);setTimeout(fit,1500);})(this)")
+
+def iframe_html(page: str, height: int = 700) -> str:
+    "An iframe holding `page` (`srcdoc`) that grows to its content's height once loaded (no clipped sae-vis panels)."
+    return (f'<iframe class="actlab-iframe" srcdoc="{html.escape(page, quote=True)}" onload="{html.escape(_FIT_JS, quote=True)}" '
+            f'style="width:100%;height:{height}px;border:1px solid #ddd"></iframe>')
+
 def iframe(page: str, height: int = 700):
-    "An HTML page shown inline (an iframe with `srcdoc`), e.g. a sae-vis dashboard."
+    "An HTML page shown inline (an iframe with `srcdoc` that fits its content), e.g. a sae-vis dashboard."
     import warnings
     from IPython.display import HTML
     with warnings.catch_warnings():
         warnings.simplefilter('ignore')  # IPython suggests IFrame, which needs a file or URL; srcdoc keeps the page self-contained
-        return HTML(f'<iframe srcdoc="{html.escape(page, quote=True)}" style="width:100%;height:{height}px;border:1px solid #ddd"></iframe>')
+        return HTML(iframe_html(page, height))
+
 
 # %% ../nbs/10_dashboards.ipynb #83fc00e7
 @torch.no_grad()
@@ -484,30 +696,150 @@ def attention_html(model, tokens: torch.Tensor, heads: Sequence[tuple[int, int]]
     if not heads: raise DashboardInputError("no heads selected")
     _, cache = model.run_with_cache(tokens, names_filter=lambda n: n.endswith('hook_pattern'))
     pat = torch.stack([cache['pattern', l][0, h] for l, h in heads])
-    strs = [model.to_string(int(t)) for t in tokens[0]]
+    strs = _spaced_strings(model, tokens[0])
     with _circuitsvis_script_safe():
         return cv.attention.attention_heads(attention=pat, tokens=strs, attention_head_names=[f'L{l}H{h}' for l, h in heads]).local_src
 
+def _spaced_strings(model, tokens: torch.Tensor) -> list[str]:
+    "Token strings as they read in the prompt: a word-level tokenizer's tokens get a (non-breaking) space before them, so views do not run words together."
+    strs = [model.to_string(int(t)) for t in tokens]
+    joined = model.to_string(tokens[1:]) if len(tokens) > 1 else ''
+    word_level = len(strs) > 2 and ' ' in joined and ''.join(strs[1:]) != joined
+    return [s if (i == 0 or not word_level or s[:1].isspace()) else '\u00a0' + s for i, s in enumerate(strs)]
+
 @torch.no_grad()
-def logprobs_html(model, tokens: torch.Tensor, top_k: int = 5) -> str:
-    "circuitsvis token log-probs of one prompt `tokens` `[seq]` (self-contained HTML)."
+def logprobs_html(model, tokens: torch.Tensor, top_k: int = 5, answer: str | None = None, distractor: str | None = None) -> str:
+    "circuitsvis token log-probs of one prompt `tokens` `[seq]` (self-contained HTML), then the model's top-k after the last token."
     import circuitsvis as cv
     tokens = tokens.reshape(-1)
-    lp = model(tokens[None]).log_softmax(-1)[0]
+    lp = model(tokens[None].to(model.cfg.device)).log_softmax(-1)[0].cpu()
+    strs = _spaced_strings(model, tokens)
+    lookup = {int(t): s for t, s in zip(tokens, strs)}
     with _circuitsvis_script_safe():
         # circuitsvis shows these strings with innerHTML: escape them so they are shown, never parsed
-        return cv.logits.token_log_probs(tokens, lp, to_string=lambda i: html.escape(model.to_string(int(i))), top_k=top_k).local_src
+        view = cv.logits.token_log_probs(tokens, lp, to_string=lambda i: html.escape(lookup.get(int(i), model.to_string(int(i)))), top_k=top_k).local_src
+    p = lp[-1].exp()
+    v, ix = p.topk(top_k)
+    final = prediction_html([(model.to_string(int(t)), float(q)) for t, q in zip(ix, v)], answer or '', distractor or '',
+                            f'after the last token ({strs[-1].strip()!s}) the model predicts:')
+    return f'{view}<div class="actlab-final-prediction" style="margin:6px 0">{final}</div>'
+
 
 # %% ../nbs/10_dashboards.ipynb #b21efc3c
+_SITE_CSS = '''body{font-family:system-ui,sans-serif;max-width:min(1500px,96vw);margin:0 auto;padding:0 1em 2em;color:#222}
+nav.actlab-nav{display:flex;flex-wrap:wrap;gap:4px 14px;padding:8px 0;border-bottom:2px solid #4a7;margin-bottom:6px}
+nav.actlab-nav a{text-decoration:none;color:#16632a;font-weight:600} nav.actlab-nav a.here{color:#222;border-bottom:2px solid #222}
+.actlab-context{font-size:90%;color:#333;background:#f6fbf7;border:1px solid #cde3d3;border-radius:4px;padding:4px 10px;margin:6px 0 10px}
+.actlab-caption{font-size:92%;color:#444;border-left:3px solid #4a7;padding:2px 8px;margin:2px 0 14px}
+.cards{display:grid;grid-template-columns:repeat(auto-fill,minmax(280px,1fr));gap:12px} .card{border:1px solid #ddd;border-radius:6px;padding:8px 12px}
+.card h3{margin:2px 0 4px} table.actlab-table{border-collapse:collapse;max-width:100%} .actlab-table td,.actlab-table th{padding:2px 8px;text-align:right}
+.js-plotly-plot,.plotly-graph-div{max-width:100%} .ex-list{max-height:70vh;overflow-y:auto;border:1px solid #ddd;padding:4px;font-size:90%}
+.ex-grid{display:grid;grid-template-columns:minmax(220px,1fr) 3fr;gap:12px} .ex-list a{display:block;text-decoration:none;color:#222;padding:1px 3px}
+.ex-list a.sel{background:#cfe8d4}'''
+
+_PAGES = (('index', 'overview'), ('examples', 'example browser'), ('features', 'features and heads'), ('rescue_overview', 'rescue by family'),
+          ('sae_vis', 'sae-vis features'), ('paths', 'paths and AtP'), ('attention', 'attention'), ('logprobs', 'log-probs'))
+
+def site_page(name: str, title: str, body: str, context: str, head: str = '', have: Sequence[str] | None = None) -> str:
+    "One page of the standalone site: the shared style, a nav bar linking every page, and a line saying what the page shows."
+    nav = ''.join(f'<a href="{n}.html" class="{"here" if n == name else ""}">{html.escape(t)}</a>' for n, t in _PAGES if have is None or n in have)
+    return (f'<!doctype html><html><head><meta charset="utf-8"><meta name="viewport" content="width=device-width"><title>{html.escape(title)}</title>'
+            f'{head}<style>{_SITE_CSS}</style></head><body class="actlab-dashboard"><nav class="actlab-nav">{nav}</nav><h1>{html.escape(title)}</h1>'
+            f'<div class="actlab-context">{html.escape(context)}</div>{body}</body></html>')
+
+def _fig_div(fig, caption: str) -> str:
+    from actlab.study import fit_figure
+    return (fit_figure(fig).to_html(include_plotlyjs=False, full_html=False, default_width='100%', config={'responsive': True})
+            + f'<div class="actlab-caption"><b>What to look for:</b> {html.escape(caption)}</div>')
+
+def dashboard_extras(model, pairs, n: int = 24, family: str | None = None) -> dict:
+    "Path patching (senders × receivers) and AtP vs exact head patching on up to `n` failed OOD pairs of one group: `DashboardData.extras`."
+    from actlab.path_patching import path_patch
+    from actlab.attribution import attribution_patch
+    from actlab.patching import per_example_patch, prompt_logit_diff
+    from actlab.tasks import family_kind
+    groups = [g for g in pairs.groups() if family_kind(g.df.corruption_type.iloc[0]) == 'ood' and (family is None or g.df.corruption_type.iloc[0] == family)]
+    if not groups: return {}
+    g = max(groups, key=lambda g: (int(g.df.suffix_length.iloc[0]), len(g.df)))
+    c, x, a, d = g.tokens('clean')[:n], g.tokens('corrupted')[:n], g.answer_ids[:n], g.distractor_ids[:n]
+    paths = path_patch(model, c, x, a, d)
+    est, exa = attribution_patch(model, c, x, a, d, site='head'), per_example_patch(model, c, x, a, d, site='head')
+    base = prompt_logit_diff(model, x, a, d).reshape(-1, 1, 1)
+    L, H = est.shape[1:]
+    ids = g.df.example_id.to_numpy()[:len(c)]
+    atp = pd.DataFrame(dict(example_id=np.repeat(ids, L * H), layer=np.tile(np.repeat(np.arange(L), H), len(c)), head=np.tile(np.arange(H), len(c) * L),
+                            exact=(exa - base).reshape(-1).cpu().numpy(), atp=(est - base).reshape(-1).cpu().numpy()))
+    return dict(paths=paths, atp=atp, group=dict(family=str(g.df.corruption_type.iloc[0]), suffix_length=int(g.df.suffix_length.iloc[0]), n=len(c)))
+
+def plot_atp_scatter(atp: pd.DataFrame, title: str = '') -> go.Figure:
+    "AtP-estimated vs exact effect of patching each head (one point per example and head), the diagonal for reference, Spearman in the title."
+    from actlab.attribution import _spearman
+    rho = _spearman(atp.atp.to_numpy(), atp.exact.to_numpy())
+    fig = px.scatter(atp, x='exact', y='atp', color=atp.layer.astype(str), hover_data=['example_id', 'layer', 'head'], opacity=0.7,
+                     labels=dict(exact='exact effect on logit diff (patched − corrupted)', atp='AtP estimate of the same effect', color='layer'))
+    lo, hi = float(min(atp.exact.min(), atp.atp.min())), float(max(atp.exact.max(), atp.atp.max()))
+    fig.add_shape(type='line', x0=lo, y0=lo, x1=hi, y1=hi, line=dict(dash='dot', color='gray'))
+    return fig.update_layout(title=f'{title}AtP vs exact head patching: Spearman {rho:.2f} (n = {len(atp)} example × head points)', height=460)
+
+def _examples_json(data: DashboardData, per_cell: int = 3) -> list:
+    "A few examples per family × suffix length (failed ones first) with what the example page shows."
+    rows = []
+    for (fam, L), g in data.df.groupby(['corruption_type', 'suffix_length']):
+        g = g.assign(_ok=g.get('survives', pd.Series(True, index=g.index)).fillna(True).astype(bool)).sort_values('_ok')
+        for r in g.head(per_cell).itertuples():
+            e = int(r.example_id); i = int(np.flatnonzero(data.df.example_id.to_numpy() == e)[0])
+            x = data.fa.corrupted[i]; top = [int(f) for f in np.argsort(-x)[:6] if x[f] > 0]
+            failed = not bool(getattr(r, 'survives', True))
+            sites = {s: dict(x=[f'{k}:{t}' for k, t in enumerate(xs)], z=np.round(np.asarray(z, float), 3).tolist())
+                     for s, (xs, z) in data.example_sites.get(e, {}).items()} if failed else {}
+            rows.append(dict(id=e, family=fam, suffix_length=int(L), prompt=r.prompt_corrupted, clean=r.prompt_clean, answer=r.answer_token,
+                             distractor=r.distractor_token, failed=failed, patch_class=str(getattr(r, 'patch_class', '')),
+                             failure_class=str(getattr(r, 'failure_class', '') or ''), best_site=str(getattr(r, 'best_patch_site', '') or ''),
+                             rescue=None if not failed or not np.isfinite(getattr(r, 'rescue_score', np.nan)) else round(float(r.rescue_score), 3),
+                             pred=(data.predictions or {}).get(e, {}), top=[dict(f=f, act=round(float(x[f]), 3), clean=round(float(data.fa.clean[i, f]), 3),
+                                                                                   attr=round(float(data.attribution[i, f]), 3)) for f in top], sites=sites))
+    return rows
+
+_EXAMPLES_JS = r'''
+const esc = s => String(s).replace(/[&<>"']/g, c => '&#' + c.charCodeAt(0) + ';');
+const byId = Object.fromEntries(EXAMPLES.map(e => [String(e.id), e]));
+function pred(list, a, d) { return (list || []).map(([t, p]) => { const tag = t.trim() === String(a).trim() ? ' (answer)' : t.trim() === String(d).trim() ? ' (distractor)' : '';
+  const col = tag === ' (answer)' ? '#cfe8d4' : tag ? '#f6d0d0' : '#eee';
+  return `<span style="background:${col};padding:1px 5px;margin:0 2px;border-radius:3px;font-family:monospace">${esc(t)}${tag} ${(100 * p).toFixed(0)}%</span>`; }).join(''); }
+function show(id) {
+  const e = byId[String(id)] || EXAMPLES[0]; if (!e) return;
+  document.querySelectorAll('.ex-list a').forEach(a => a.classList.toggle('sel', a.dataset.id === String(e.id)));
+  const feats = e.top.map(t => `<tr><td>${SAEVIS.includes(t.f) ? `<a href="sae_vis.html#feature=${t.f}">feature ${t.f}</a>` : 'feature ' + t.f}</td><td>${t.act}</td><td>${t.clean}</td><td>${t.attr}</td></tr>`).join('');
+  const rescue = e.failed ? `<b>rescue</b> ${e.rescue === null ? 'n/a' : e.rescue} at ${esc(e.best_site || 'n/a')}` : '<b>rescue</b> n/a (the corrupted run did not fail)';
+  document.getElementById('detail').innerHTML = `<h2>example ${e.id}: ${esc(e.family)}, suffix ${e.suffix_length}</h2>
+    <p><b>corrupted</b> <code>${esc(e.prompt)}</code><br><b>ID control</b> <code>${esc(e.clean)}</code></p>
+    <p><b>${e.failed ? 'failed' : 'survived'}</b> · ${rescue} · <b>patch class</b> ${esc(e.patch_class)}${e.failure_class ? ' · <b>failure class</b> ' + esc(e.failure_class) : ''}</p>
+    <p>corrupted prompt predicts: ${pred(e.pred.corrupted, e.answer, e.distractor)}<br>ID control predicts: ${pred(e.pred.clean, e.answer, e.distractor)}</p>
+    <table class="actlab-table"><tr><th>top features at the answer</th><th>act (corrupted)</th><th>act (ID control)</th><th>attribution</th></tr>${feats}</table>
+    <div id="heat"></div>`;
+  const sites = Object.entries(e.sites);
+  if (sites.length) {
+    const traces = sites.map(([s, v], j) => ({type: 'heatmap', z: v.z, x: v.x, y: v.z.map((_, l) => 'L' + l), zmin: -1, zmax: 1, zmid: 0, colorscale: 'RdBu',
+      showscale: j === 0, colorbar: {title: {text: 'rescue'}}, xaxis: 'x' + (j ? j + 1 : ''), yaxis: 'y' + (j ? j + 1 : '')}));
+    const layout = {title: {text: `example ${e.id}: rescue per patched site (1 = clean logit diff restored)`}, height: 320, grid: {rows: 1, columns: sites.length, pattern: 'independent'}, autosize: true};
+    Plotly.newPlot('heat', traces, layout, {responsive: true});
+  } else document.getElementById('heat').innerHTML = '<p><i>rescue heatmap n/a: the corrupted run did not fail</i></p>';
+}
+document.getElementById('list').innerHTML = EXAMPLES.map(e => `<a href="#example=${e.id}" data-id="${e.id}">${e.failed ? '✘' : '✔'} ${e.id} ${esc(e.family)}/${e.suffix_length}: ${esc(e.prompt)}</a>`).join('');
+const fromHash = () => show(new URLSearchParams(location.hash.slice(1)).get('example'));
+window.addEventListener('hashchange', fromHash); fromHash();
+'''
+
 def build_dashboard_html(out_dir: str | Path,
                          model=None,  # default: actlab.models.load_model('builtin')
                          pairs=None,  # default: make_pairs(TaskConfig(), model.tokenizer)
                          sae=None,  # default: actlab.features.quick_sae at `hook_name`
-                         data: DashboardData | None = None,  # precomputed data (else built)
+                         data: DashboardData | None = None,  # precomputed data (else built), e.g. `load_dashboard_data(results)`
                          features: Sequence[int] | None = None,  # sae-vis features (default: the most often suppressed)
                          probes: dict | None = None,  # name -> direction for sae-vis linear_probes
-                         hook_name: str = 'blocks.1.hook_resid_pre') -> dict[str, Path]:
-    "Write the dashboards as standalone HTML files in `out_dir`; returns {name: path} (index.html links them all)."
+                         hook_name: str = 'blocks.1.hook_resid_pre',
+                         extras: bool = True) -> dict[str, Path]:  # path patching and AtP vs exact (computed unless `data.extras` has them)
+    "Write the dashboards as a standalone, linked site in `out_dir`; returns {name: path} (index.html links them all)."
     out = Path(out_dir); out.mkdir(parents=True, exist_ok=True)
     if model is None:
         from actlab.models import load_model
@@ -517,33 +849,69 @@ def build_dashboard_html(out_dir: str | Path,
         pairs = make_pairs(TaskConfig(), model.tokenizer)
     if sae is None: sae = quick_sae(model, pairs, hook_name)
     data = data or build_dashboard_data(model, sae, pairs)
-    files = {}
-    def fig_page(name, figs, title):
-        p = out / f'{name}.html'
-        body = ''.join(f.to_html(include_plotlyjs=False, full_html=False) for f in figs)
-        t = html.escape(title)
-        atomic_write(p, f'<!doctype html><html><head><meta charset="utf-8"><title>{t}</title><script src="plotly.min.js"></script>'
-                        f'</head><body class="actlab-dashboard"><h1>{t}</h1>{body}</body></html>')
-        files[name] = p
+    if extras and not data.extras: data.extras = dashboard_extras(model, pairs)
+    ctx = data.subtitle()
+    files, plotly_tag = {}, '<script src="plotly.min.js"></script>'
+    names = ['index', 'examples', 'features', 'rescue_overview', 'sae_vis', 'attention', 'logprobs'] + (['paths'] if data.extras else [])
+    def page(name, title, body, context=ctx, head=plotly_tag):
+        files[name] = atomic_write(out / f'{name}.html', site_page(name, title, body, context, head, have=names))
     _write_plotlyjs(out)
     sup, junk = suppressed_features(data.fa), junk_features(data.fa, where='any' if data.fa.clean_any is not None else 'answer')
-    fig_page('features', [plot_suppressed(sup), plot_junk(junk), plot_head_changes(data.head_table)], 'Phase E: features and heads')
-    ro = RescueOverview(data)
-    figs = []
-    for s in data.suffix_lengths:
-        if ro.lp_sites: figs.append(ro.figure('layer_pos', tuple(data.families), s, ro.lp_sites[0]))
-        if ro.head_sites: figs.append(ro.figure('head', tuple(data.families), s, ro.head_sites[0]))
-    fig_page('rescue_overview', figs, 'Rescue by family and suffix length')
-    feats = list(features) if features is not None else sup.feature.value_counts().index[:3].tolist() or [0]
+    feats = list(features) if features is not None else sup.feature.value_counts().index[:4].tolist() or [data.busiest_feature()]
     saevis_dashboard(model, sae, feats, concat_prompts(model, pairs, n_rows=48), probes=probes, path=out / 'sae_vis.html', offline='directory')
-    files['sae_vis'] = out / 'sae_vis.html'
-    g = pairs.filter(corruption_type=data.families[-1]).groups()[-1]
+    sv = out / 'sae_vis.html'
+    files['sae_vis'] = atomic_write(sv, site_page('sae_vis', f'sae-vis: features {feats}', sv.read_text(),
+                                                  f'{ctx} · features {feats} (the most often suppressed); open one with sae_vis.html#feature=N',
+                                                  '<style>body{max-width:none}</style>', have=names))
+    flinks = ' '.join(f'<a href="sae_vis.html#feature={int(f)}">feature {int(f)}</a>' for f in feats)
+    page('features', 'Phase E: features and heads',
+         f'<p>On the sae-vis page: {flinks} (click one to open it there).</p>'
+         + _fig_div(plot_suppressed(sup), 'features that fire at the answer on the ID control and drop on the corrupted prompt, per family × '
+                    'suffix length: the answer features the suffix suppresses (columns that light up in every OOD row are shared).')
+         + _fig_div(plot_junk(junk), 'features rare on clean prompts that the suffix switches on: candidates that out-compete the answer.')
+         + _fig_div(plot_head_changes(data.head_table), 'how much each head\'s output at the answer position changes from the ID control to '
+                    'the corrupted prompt, per cell: the heads the suffix disturbs.'))
+    ro = RescueOverview(data)
+    body = ''
+    for s in data.suffix_lengths:
+        if ro.lp_sites: body += _fig_div(ro.figure('layer_pos', tuple(data.families), s, ro.lp_sites[0]), f'suffix length {s}: mean rescue per layer and '
+                                          'position relative to the answer (S1..Sk = suffix slots) over each family\'s runs, with its spread.')
+        if ro.head_sites: body += _fig_div(ro.figure('head', tuple(data.families), s, ro.head_sites[0]), f'suffix length {s}: rescue by patching each '
+                                            'head\'s clean output in.')
+    page('rescue_overview', 'Rescue by family and suffix length', body)
+    ex = _examples_json(data)
+    page('examples', 'Example browser', '<div class="ex-grid"><div class="ex-list" id="list"></div><div id="detail"></div></div>'
+         f'<script>const EXAMPLES = {script_json(ex)}; const SAEVIS = {script_json([int(f) for f in feats])};</script><script>{_EXAMPLES_JS}</script>')
+    if data.extras:
+        from actlab.path_patching import heatmap_paths
+        gi = data.extras.get('group', {})
+        what = f"the first {gi.get('n')} pairs of {gi.get('family')} at suffix length {gi.get('suffix_length')}"
+        page('paths', 'Path patching and attribution patching',
+             _fig_div(heatmap_paths(data.extras['paths'], title=f'path patching: sender × receiver ({what})'),
+                      'each cell is the logit difference after patching the clean output of one sender (head or MLP) into one receiver '
+                      '(a head\'s q, k or v input, or the final residual stream) only, other heads frozen (Wang et al.); receivers are grouped by '
+                      'layer; cells far from the corrupted value are the paths the suffix breaks.')
+             + _fig_div(plot_atp_scatter(data.extras['atp']), 'attribution patching (one forward and backward) against exact patching of every '
+                        'head: points on the diagonal are estimated correctly; AtP is a prefilter, so what matters is that the largest exact effects '
+                        'are also large in AtP.'), context=f'{ctx} · {what}')
+    ordered = [g for fam in data.families for g in pairs.filter(corruption_type=fam).groups()[-1:]]
+    g = next((g for g in ordered if g.df.corruption_type.iloc[0] != 'id_control'), ordered[-1])
+    r0 = g.df.iloc[0]
     heads = top_heads(data.head_table, 3)
-    for name, page in (('attention', attention_html(model, g.tokens('corrupted')[0], heads)), ('logprobs', logprobs_html(model, g.tokens('corrupted')[0]))):
-        atomic_write(out / f'{name}.html', f'<!doctype html><html><head><meta charset="utf-8"></head><body>{page}</body></html>')
-        files[name] = out / f'{name}.html'
-    links = ''.join(f'<li><a href="{html.escape(p.name, quote=True)}">{html.escape(n)}</a></li>' for n, p in files.items())
-    atomic_write(out / 'index.html', f'<!doctype html><html><head><meta charset="utf-8"><title>actlab dashboards</title></head>'
-                                    f'<body><h1>actlab dashboards</h1><ul>{links}</ul></body></html>')
-    files['index'] = out / 'index.html'
-    return files
+    pctx = f'{ctx} · prompt "{r0.prompt_corrupted}" ({r0.corruption_type}, answer {r0.answer_token!s}, distractor {r0.distractor_token!s})'
+    page('attention', f'Attention of heads {", ".join(f"L{l}H{h}" for l, h in heads)}', attention_html(model, g.tokens('corrupted')[0], heads)
+         + caption_html('where each of the heads the suffix disturbs most attends from each position; hover a token to see its row.'),
+         context=pctx + f' · heads {heads} (largest output change, actlab.features.top_heads)', head='')
+    page('logprobs', 'Token log-probs', logprobs_html(model, g.tokens('corrupted')[0], answer=r0.answer_token, distractor=r0.distractor_token)
+         + caption_html('how likely the model found each next token; the last line is its prediction after the last token: the answer.'),
+         context=pctx, head='')
+    desc = dict(examples='pick an example: its prediction, failure class, rescue heatmap and top features (linked to sae-vis)',
+                features='features the suffixes suppress, junk features they switch on, heads they disturb',
+                rescue_overview='rescue heatmaps by family at every suffix length', sae_vis=f'sae-vis pages of features {feats}',
+                paths='sender × receiver path patching and AtP vs exact', attention='circuitsvis attention of the most disturbed heads',
+                logprobs='circuitsvis token log-probs and the final prediction')
+    cards = ''.join(f'<div class="card"><h3><a href="{n}.html">{html.escape(t)}</a></h3>{html.escape(desc.get(n, ""))}</div>'
+                    for n, t in _PAGES if n in names and n != 'index')
+    page('index', 'actlab dashboards', f'<div class="cards">{cards}</div>', head='')
+    return {k: files[k] for k in names}
+

@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 from .core import Config, ConfigError, check, check_device, write_manifest, seed_everything, atomic_write, atomic_path, ensure_file
 from .tasks import TaskConfig, make_pairs
 from .models import load_model
-from .baseline import evaluate_pairs, condition_table, plot_conditions, plot_attribution
+from .baseline import evaluate_pairs, condition_table, plot_conditions, plot_attribution, phenomenon_claims
 from .patching import PatchingConfig, patch_pairs, heatmap_layer_pos_by_family, heatmap_layer_head
 from .extract import ExtractConfig, extract, top_sites
 from . import engine as _engine
@@ -28,7 +28,9 @@ from .saes import SAETrainConfig, StoreProvider, train_sae, load_sae, plot_histo
 from .sae_eval import logit_diff_recovery, recovery_table, plot_recovery
 
 # %% auto #0
-__all__ = ['HAS_FEATURES', 'PHASES', 'ModelConfig', 'ExtractionPhase', 'ProbesPhase', 'SAEPhase', 'StudyConfig', 'Report',
+__all__ = ['HAS_FEATURES', 'PHASES', 'FIGURE_NOTES', 'CLAIM_FIGURES', 'ModelConfig', 'ExtractionPhase', 'ProbesPhase', 'SAEPhase',
+           'StudyConfig', 'figure_note', 'fit_figure', 'position_label', 'relabel_positions', 'claim_numbers',
+           'findings_html', 'read_claims', 'add_claims', 'go_copy', 'Report', 'plot_condition_intervals',
            'ResultsFolderError', 'check_devices', 'check_study_inputs', 'check_class_sizes', 'claim_folder',
            'run_study']
 
@@ -135,25 +137,266 @@ class StudyConfig(Config):
             miss = [q for q in need if q not in self.phases]
             check(not miss, f"phase {p!r} needs {miss} too; list them in `phases`")
 
+# %% ../nbs/11_study.ipynb #5e0f1a01
+FIGURE_NOTES = (  # (regex on the figure's title, anchor id, what to look for, colorbar title): one caption per figure the study shows
+    (r'^accuracy by condition', 'fig-accuracy', 'Controls (id_control, norm_matched, the ID-control prompt) should stay near 1 at every '
+     'suffix length; OOD families fall, more as the suffix grows; oov_like is the declared null. Markers are offset per condition so none '
+     'hides another; bars are 95% intervals resampled by clean prompt.', None),
+    (r'^logit diff', 'fig-logit-diff', 'The same conditions in logit difference (answer − distractor): a family that stays above 0 keeps '
+     'the answer ahead of its distractor even where accuracy drops (another token wins).', None),
+    (r'where the answer is written|attribution', 'fig-attribution', 'Where the answer is written: the bars that shrink on the corrupted prompts against the ID control '
+     'are the components the suffix disturbs.', None),
+    (r'(resid_pre|resid_mid|resid_post|attn_out|mlp_out)\b.*rescue', 'fig-rescue-layer-pos', 'Rescue per layer and position (1 = patching the clean activation in restores the clean '
+     'logit difference, 0 = no effect), pooled over the failed runs of each family; positions are counted back from the answer '
+     '(A−1 is the last token before it) and suffix slots are S1..Sk, so pooled prompts line up.', 'rescue'),
+    (r'^head rescue|head.*rescue', 'fig-rescue-heads', 'Rescue per attention head (patching its clean output in): the bright cells are the heads whose output '
+     'the suffix corrupts; compare families column by column.', 'rescue'),
+    (r'^L1 logistic|regulari', 'fig-probe-path', 'Held-out accuracy of the survival probe along its regularization path: compare its best '
+     'score with the majority-class rate (dotted); the sparsest model within one standard error is the one kept.', None),
+    (r'SAE training', 'fig-sae-training', 'The SAE trains to low reconstruction error with few dead features; a curve still falling at the '
+     'end means more steps would help.', None),
+    (r'recovered with the SAE|recovery', 'fig-sae-recovery', 'How much of the logit difference survives splicing the SAE in (1 = all); a family far below the '
+     'controls is one the SAE does not represent well.', None),
+    (r'^features suppressed', 'fig-features-suppressed', 'Features that fire at the answer on the ID control and drop on the corrupted prompt, by '
+     'family: the answer features the suffix suppresses.', 'activation drop'),
+    (r'^junk features', 'fig-features-junk', 'Features rare on clean prompts that the suffix switches on: candidates for out-competing the answer.',
+     'firing rate'),
+    (r'rescue by restoring', 'fig-features-rescue', 'Restoring the top suppressed features on failed runs: rescue near 1 means the lost features alone '
+     'explain the failure; n/a where a cell has no failed run.', 'rescue'),
+)
+
+CLAIM_FIGURES = {'clean_accuracy': 'fig-accuracy', 'ood_drop_grows_with_length': 'fig-accuracy', 'ood_families_differ': 'fig-accuracy',
+                 'id_control_accuracy': 'fig-accuracy', 'norm_matched_accuracy': 'fig-accuracy', 'site_rescues': 'fig-rescue-layer-pos'}
+
+def figure_note(title: str) -> tuple[str, str, str | None]:
+    "(anchor, caption, colorbar title) for a figure titled `title` (a generic caption where `FIGURE_NOTES` has none)."
+    for pat, anchor, caption, cbar in sorted(FIGURE_NOTES, key=lambda n: n[1] in ('fig-rescue-layer-pos', 'fig-rescue-heads')):
+        if re.search(pat, title or '', re.I): return anchor, caption, cbar  # the generic rescue heatmaps last
+    return '', f"{title}: read each panel's axis titles; hover a mark for its value and n.", None
+
+def _wrap(text: str, width: int) -> str:
+    "`text` with `<br>` breaks so no line is longer than `width` characters (plotly does not wrap titles)."
+    if not text or len(text) <= width or '<br>' in text: return text
+    import textwrap
+    return '<br>'.join(textwrap.wrap(text, width))
+
+def fit_figure(fig, colorbar_title: str | None = None):
+    "A copy of `fig` that fits its container (autosized, no fixed width), with wrapped titles and colorbars that overlap no panel."
+    import plotly.graph_objects as go
+    fig = go.Figure(fig)
+    fig.update_layout(width=None, autosize=True)
+    xs = [fig.layout[k] for k in fig.layout if k.startswith('xaxis')]
+    n_cols = max(1, len({tuple(x.domain or (0, 1)) for x in xs}))
+    if fig.layout.title.text: fig.update_layout(title_text=_wrap(fig.layout.title.text, 90))
+    for a in fig.layout.annotations or ():  # subplot titles
+        if a.text and a.yref == 'paper': a.text = _wrap(a.text, max(24, 90 // n_cols))
+    scaled = [t for t in fig.data if getattr(t, 'showscale', None) is not False and hasattr(t, 'colorbar') and getattr(t, 'z', None) is not None
+              and not getattr(t, 'coloraxis', None)]
+    if colorbar_title:
+        for t in scaled:
+            if not t.colorbar.title.text: t.colorbar.title.text = colorbar_title
+        if fig.layout.coloraxis and not fig.layout.coloraxis.colorbar.title.text: fig.layout.coloraxis.colorbar.title.text = colorbar_title
+    if len(scaled) < 2: return fig
+    key = lambda t: (t.zmin, t.zmax, t.zmid, str(t.colorscale))
+    if len({key(t) for t in scaled}) == 1:  # one scale: one colorbar, right of the last panel
+        for t in scaled[1:]: t.showscale = False
+        scaled[0].colorbar.update(x=1.02, xanchor='left')
+        return fig
+    for t in scaled:  # distinct scales: each bar in a gap cut from the right of its own column of panels
+        xa = fig.layout['xaxis' + (t.xaxis[1:] if t.xaxis and t.xaxis != 'x' else '')]
+        ya = fig.layout['yaxis' + (t.yaxis[1:] if t.yaxis and t.yaxis != 'y' else '')]
+        d0, d1 = xa.domain or (0, 1)
+        gap = min(0.07, (d1 - d0) * 0.25)
+        for x in xs:
+            if tuple(x.domain or (0, 1)) == (d0, d1): x.domain = (d0, d1 - gap)
+        y0, y1 = ya.domain or (0, 1)
+        t.colorbar.update(x=d1 - gap + 0.005, xanchor='left', len=y1 - y0, y=(y0 + y1) / 2, yanchor='middle', thickness=10,
+                          title_side='right')
+        t.showscale = True
+    return fig
+
+_POS_LABEL = re.compile(r'^(-\d+):')
+
+def position_label(rel: int, suffix_length: int | None = None) -> str:
+    "A position counted from the end (−1 = the answer position, the last token) as a label shared by every pooled prompt."
+    if rel == -1: return 'answer pos'
+    if suffix_length and -(suffix_length + 1) <= rel <= -2: return f'S{rel + suffix_length + 2}'  # suffix slots S1..Sk
+    if suffix_length: return f'pre−{-rel - suffix_length - 1}'  # tokens before the suffix, counted back from it
+    return f'ans−{-rel - 1}'
+
+def relabel_positions(fig, suffix_length: int | None = None):
+    "`fig`'s pooled layer × position heatmaps relabelled by position relative to the answer (and suffix slot), not one example's tokens."
+    hit = False
+    for t in fig.data:
+        x = getattr(t, 'x', None)
+        x = list(x) if x is not None else []
+        if getattr(t, 'type', '') != 'heatmap' or not x or not all(isinstance(v, str) and _POS_LABEL.match(v) for v in x): continue
+        t.x = [position_label(int(_POS_LABEL.match(v).group(1)), suffix_length) for v in x]
+        if t.hovertemplate: t.hovertemplate = t.hovertemplate.replace('token %{customdata[0]}<br>', '')
+        hit = True
+    if hit:
+        what = 'S1..Sk = suffix slots, ' if suffix_length else ''
+        xs = [k for k in fig.layout if k.startswith('xaxis')]
+        y_of = lambda k: (fig.layout['yaxis' + k[5:]].domain or (0, 1))[0]
+        low = min((y_of(k) for k in xs), default=0)
+        for k in xs:  # the axis title once, under the bottom row (it would sit on the next row's panel titles)
+            if y_of(k) == low: fig.layout[k].title = dict(text=f'position ({what}answer pos = the last token, where the answer is predicted)', font_size=11)
+    return fig
+
+
+# %% ../nbs/11_study.ipynb #5e0f1a03
+def _num(v, digits: int = 3) -> str:
+    "A number rounded for a reader: 3 significant digits, integers as integers."
+    if isinstance(v, bool): return 'yes' if v else 'no'
+    if isinstance(v, int): return str(v)
+    try: v = float(v)
+    except (TypeError, ValueError): return html.escape(str(v))
+    if not np.isfinite(v): return 'n/a'
+    return f'{v:.{digits}g}' if abs(v) >= 1e-3 or v == 0 else f'{v:.1e}'
+
+_HEADLINE_KEYS = ('estimate', 'median', 'mean', 'accuracy', 'min_accuracy', 'rescue', 'spearman', 'score', 'cv_score', 'fraction')
+
+def claim_numbers(evidence: dict) -> str:
+    "The headline numbers of a claim's evidence as HTML: `estimate [ci_low, ci_high]` where there is an interval, then other scalars."
+    ev = evidence if isinstance(evidence, dict) else {}
+    scalars = {k: v for k, v in ev.items() if isinstance(v, (int, float, bool)) and not isinstance(v, bool) or isinstance(v, bool)}
+    parts = []
+    lo, hi = ev.get('ci_low'), ev.get('ci_high')
+    est_key = next((k for k in _HEADLINE_KEYS if k in scalars and not isinstance(scalars[k], bool)),
+                   next((k for k, v in scalars.items() if not isinstance(v, bool) and k not in ('ci_low', 'ci_high')), None))
+    if est_key is not None:
+        s = f'<b>{html.escape(est_key)}</b> {_num(scalars[est_key])}'
+        if lo is not None and hi is not None: s += f' <span class="ci">[{_num(lo)}, {_num(hi)}]</span>'
+        parts.append(s)
+    elif lo is not None and hi is not None: parts.append(f'<span class="ci">[{_num(lo)}, {_num(hi)}]</span>')
+    for k, v in scalars.items():
+        if k in (est_key, 'ci_low', 'ci_high') or len(parts) >= 4: continue
+        parts.append(f'{html.escape(k)} {_num(v)}')
+    if not parts:  # only nested evidence (e.g. one entry per family): its first entries, compactly
+        for k, v in list(ev.items())[:2]:
+            if isinstance(v, dict):
+                inner = ', '.join(f'{html.escape(str(a))} {_num(b)}' for a, b in list(v.items())[:3] if not isinstance(b, (dict, list)))
+                parts.append(f'<b>{html.escape(str(k))}</b> {inner}')
+        if len(ev) > 2 and parts: parts.append(f'+{len(ev) - 2} more (evidence)')
+    return ' · '.join(parts) or '<i>see details</i>'
+
+def _round_tree(x):
+    if isinstance(x, dict): return {k: _round_tree(v) for k, v in x.items()}
+    if isinstance(x, list): return [_round_tree(v) for v in x]
+    if isinstance(x, float): return float(_num(x)) if np.isfinite(x) else None
+    return x
+
+def findings_html(claims: list, anchors: set = frozenset()) -> str:
+    "The findings box (`id=\"findings\"`): one row per claim dict (`Claim.to_dict()` + optional `figure`) with verdict, numbers and a figure link."
+    rows = []
+    for c in claims:
+        if not isinstance(c, dict) or 'name' not in c: continue
+        fig = c.get('figure') or CLAIM_FIGURES.get(c['name'], '')
+        href = ('#' + fig if fig in anchors else fig if fig.endswith('.html') else '#' + fig if fig else '')
+        link = f'<a href="{html.escape(href, quote=True)}">figure</a>' if href else ''
+        verdict = ('<span class="holds">✔ holds</span>' if c.get('holds') else '<span class="fails">✘ does not hold</span>')
+        ev = json.dumps(_round_tree(c.get('evidence', {})), default=str)
+        rows.append(f'<tr><td>{verdict}</td><td><b>{html.escape(c["name"])}</b><br>{html.escape(str(c.get("statement", "")))}'
+                    f'<details><summary>evidence</summary><code>{html.escape(ev)}</code></details></td>'
+                    f'<td class="num">{claim_numbers(c.get("evidence", {}))}</td><td>{link}</td></tr>')
+    body = (f'<table class="tab findings"><tr><th>verdict</th><th>claim</th><th>numbers [95% interval]</th><th></th></tr>{"".join(rows)}</table>'
+            if rows else '<p><i>No claims yet: each phase adds its claims to claims.json as it finishes.</i></p>')
+    n_hold = sum(bool(c.get('holds')) for c in claims if isinstance(c, dict))
+    head = f'<h2>Findings</h2><p>{n_hold} of {len(rows)} claims hold (each checked on held-out data where it selects; from claims.json).</p>'
+    return f'<section id="findings">{head}{body}</section>'
+
+def read_claims(folder: str | Path) -> list:
+    "The claim dicts in `folder/claims.json` (`{\"claims\": [...]}`); [] where there is none."
+    p = Path(folder) / 'claims.json'
+    if not p.exists(): return []
+    try: d = json.loads(p.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e: raise ValueError(f"{p} is damaged ({e}); run the study again") from None
+    return list(d.get('claims', [])) if isinstance(d, dict) else []
+
+def add_claims(folder: str | Path, claims) -> Path:
+    "Add `claims` (Claim objects or dicts) to `folder/claims.json`, replacing claims of the same name and keeping every other."
+    new = [c.to_dict() if hasattr(c, 'to_dict') else dict(c) for c in claims]
+    names = {c['name'] for c in new}
+    old = [c for c in read_claims(folder) if c.get('name') not in names]
+    p = Path(folder) / 'claims.json'
+    atomic_write(p, json.dumps({'claims': old + new}, indent=1, default=str))
+    return p
+
+
 # %% ../nbs/11_study.ipynb #949d958a
+_REPORT_CSS = '''body{font-family:system-ui,sans-serif;max-width:min(1500px,96vw);margin:auto;padding:0 1em;color:#222}
+.tab{border-collapse:collapse;max-width:100%;overflow-x:auto;display:block} .tab td,.tab th{padding:2px 8px;text-align:right}
+figure{margin:1.2em 0} figcaption{font-size:92%;color:#444;border-left:3px solid #4a7;padding:2px 8px;margin-top:2px}
+#findings{border:2px solid #4a7;border-radius:6px;padding:4px 14px;background:#f6fbf7;margin:1em 0}
+#findings .tab td,#findings .tab th{text-align:left;vertical-align:top} #findings td.num{min-width:14em;max-width:36em} #findings td:first-child{white-space:nowrap} .holds{color:#16632a;font-weight:bold}
+.fails{color:#a11;font-weight:bold} .ci{color:#555} details code{font-size:85%;word-break:break-all} .js-plotly-plot{max-width:100%}'''
+
+def go_copy(fig):
+    "A copy of a plotly figure (so the report never changes the caller's)."
+    import plotly.graph_objects as go
+    return go.Figure(fig)
+
 class Report:
-    "Sections of text, tables and plotly figures, written as one offline HTML page."
-    def __init__(self, title: str): self.title, self.parts = title, []
+    "Sections of text, tables and plotly figures, written as one offline HTML page that opens with the findings box."
+    def __init__(self, title: str): self.title, self.parts, self.anchors, self.n_note = title, [], set(), ''
     def h(self, text: str): self.parts.append(f'<h2>{html.escape(text)}</h2>')
     def p(self, text: str): self.parts.append(f'<p>{html.escape(text)}</p>')
     def table(self, df: pd.DataFrame, floatfmt: str = '{:.3g}'):
         self.parts.append(df.to_html(float_format=floatfmt.format, border=0, classes='tab'))
-    def fig(self, fig): self.parts.append(fig.to_html(full_html=False, include_plotlyjs=False))
-    def write(self, path: str | Path) -> Path:
-        "Write the page and `plotly.min.js` beside it."
+    def fig(self, fig, caption: str | None = None, anchor: str | None = None):
+        "Add `fig`, autosized, with a 'what to look for' caption (from `FIGURE_NOTES` unless given) and an anchor the findings link to."
+        a, cap, cbar = figure_note(fig.layout.title.text or '')
+        anchor, caption = anchor or a or f'fig-{len(self.parts)}', caption or cap
+        if anchor in self.anchors: anchor = f'{anchor}-{len(self.parts)}'
+        self.anchors.add(anchor)
+        m = re.search(r'suffix (\d+)', fig.layout.title.text or '')
+        fig = fit_figure(relabel_positions(go_copy(fig), int(m.group(1)) if m else None), cbar)
+        div = fig.to_html(full_html=False, include_plotlyjs=False, default_width='100%', config={'responsive': True})
+        n = f' {html.escape(self.n_note)}' if self.n_note else ''
+        self.parts.append(f'<figure id="{html.escape(anchor, quote=True)}">{div}<figcaption><b>What to look for:</b> '
+                          f'{html.escape(caption)}{n}</figcaption></figure>')
+    def write(self, path: str | Path, claims: list | None = None) -> Path:
+        "Write the page (findings box first, from `claims` or `claims.json` beside it) and `plotly.min.js` beside it."
         from plotly.offline import get_plotlyjs
         path = Path(path)
         ensure_file(path.parent / 'plotly.min.js', get_plotlyjs())  # checked by size and hash: a truncated copy is rewritten
-        style = 'body{font-family:sans-serif;max-width:1100px;margin:auto} .tab{border-collapse:collapse} .tab td,.tab th{padding:2px 8px}'
-        atomic_write(path, f'<!DOCTYPE html><html><head><meta charset="utf-8"><title>{html.escape(self.title)}</title>'
-                        f'<script src="plotly.min.js"></script><style>{style}</style></head><body><h1>{html.escape(self.title)}</h1>'
-                        + '\n'.join(self.parts) + '</body></html>')
+        box = findings_html(read_claims(path.parent) if claims is None else claims, self.anchors)
+        atomic_write(path, f'<!DOCTYPE html><html><head><meta charset="utf-8"><meta name="viewport" content="width=device-width">'
+                        f'<title>{html.escape(self.title)}</title><script src="plotly.min.js"></script><style>{_REPORT_CSS}</style>'
+                        f'</head><body><h1>{html.escape(self.title)}</h1>{box}' + '\n'.join(self.parts) + '</body></html>')
         return path
+
+
+# %% ../nbs/11_study.ipynb #5e0f1a05
+def plot_condition_intervals(table: pd.DataFrame,  # `actlab.baseline.condition_table` output
+                             metric: str = 'accuracy') -> 'go.Figure':
+    "`metric` by condition and suffix length with 95% intervals; markers offset per condition so overlapping lines stay visible."
+    import plotly.graph_objects as go
+    if metric not in ('accuracy', 'logit_diff', 'margin'): raise ValueError(f"metric must be 'accuracy', 'logit_diff' or 'margin', got {metric!r}")
+    t = table[table.condition != 'plain']
+    conds = list(dict.fromkeys(t.condition))
+    lengths = sorted(t.suffix_length.unique())
+    fig, w = go.Figure(), 0.6 / max(len(conds), 1)
+    for i, c in enumerate(conds):
+        g = t[t.condition == c].set_index('suffix_length').reindex(lengths)
+        x = np.arange(len(lengths)) + (i - (len(conds) - 1) / 2) * w
+        kind = g.kind.dropna().iloc[0] if 'kind' in g and g.kind.notna().any() else ''
+        fig.add_trace(go.Scatter(x=x, y=g[metric], mode='lines+markers', name=f'{c} ({kind})' if kind else c,
+                                 line=dict(dash='dot' if kind in ('control', 'null') else 'solid', width=1.5),
+                                 marker=dict(size=7, symbol='diamond' if kind == 'control' else 'circle'),
+                                 error_y=dict(type='data', symmetric=False, array=(g[f'{metric}_hi'] - g[metric]).to_numpy(),
+                                              arrayminus=(g[metric] - g[f'{metric}_lo']).to_numpy(), thickness=1, width=2),
+                                 customdata=np.c_[g.n.to_numpy(), np.asarray(lengths)],
+                                 hovertemplate=f'{c}<br>suffix length %{{customdata[1]}}<br>{metric} %{{y:.3f}}<br>n=%{{customdata[0]}}<extra></extra>'))
+    if (table.condition == 'plain').any():
+        fig.add_hline(y=float(table[table.condition == 'plain'][metric].iloc[0]), line_dash='dot', line_color='gray',
+                      annotation_text='plain prompt', annotation_position='bottom right')
+    n = int(t.n.min()) if len(t) else 0
+    fig.update_xaxes(tickvals=list(range(len(lengths))), ticktext=[str(int(L)) for L in lengths], title='suffix length (tokens)')
+    fig.update_yaxes(title=metric.replace('_', ' ') + (' (fraction correct)' if metric == 'accuracy' else ' (logits)'))
+    return fig.update_layout(title=f"{metric.replace('_', ' ')} by condition and suffix length (95% intervals; n ≥ {n} per point)",
+                             height=420, legend=dict(font=dict(size=11)))
+
 
 # %% ../nbs/11_study.ipynb #d8c84e2b
 class ResultsFolderError(FileExistsError):
@@ -256,6 +499,7 @@ def run_study(cfg: StudyConfig = StudyConfig(), out: str | Path = 'results', pro
     bar.set_description('study: model and pairs')
     with atomic_path(folder / 'pairs.parquet') as tmp: pairs.df.to_parquet(tmp)
     rec.update(model=getattr(model, 'actlab_identity', {'name': cfg.model.name}), n_pairs=len(pairs))
+    rep.n_note = f"n = {len(pairs)} prompt pairs ({cfg.task.n_per_cell} per family × suffix length)."
     rep.p(f"model {cfg.model.name!r} ({model.cfg.n_layers} layers, d_model {model.cfg.d_model}); {len(pairs)} prompt pairs "
           f"over families {list(cfg.task.families)} and suffix lengths {list(cfg.task.suffix_lengths)}.")
 
@@ -265,7 +509,8 @@ def run_study(cfg: StudyConfig = StudyConfig(), out: str | Path = 'results', pro
     table = condition_table(scores)
     _save(scores, folder / 'baseline_scores.parquet'); _save(table, folder / 'baseline_conditions.csv', index=False)
     rep.h('A. Baseline: accuracy and logit difference per condition')
-    rep.fig(plot_conditions(table)); rep.fig(plot_conditions(table, 'logit_diff'))
+    rep.fig(plot_condition_intervals(table)); rep.fig(plot_condition_intervals(table, 'logit_diff'))
+    add_claims(folder, phenomenon_claims(table))  # the findings box reads claims.json
     worst = table[~table.condition.isin(['plain', 'id_control_prompt', 'id_control'])].sort_values('accuracy').iloc[0]
     rep.p(f"Hardest condition: {worst.condition} at suffix length {int(worst.suffix_length)} (accuracy {worst.accuracy:.2f}); "
           "where the answer is written there, against the ID control:")
