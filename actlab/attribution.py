@@ -8,6 +8,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 import torch
+from jaxtyping import Float, Int
 from torch import Tensor
 from transformer_lens import HookedTransformer
 import transformer_lens.utils as tl_utils
@@ -99,20 +100,19 @@ def _effect(model, site: str, layer: int, base: dict, src: dict, grads: dict, qk
     return e.sum(1) if axes == ('layer', 'head') else e
 
 # %% ../nbs/04c_attribution.ipynb #4fdf13e1
-def attribution_patch(
-    model: HookedTransformer,
-    clean_tokens: Tensor,  # Int[Tensor, "N pos"]
-    corrupted_tokens: Tensor,  # Int[Tensor, "N pos"], same shape
-    answer_ids: Tensor | None = None,  # Int[Tensor, "N"] (for the default logit-difference metric)
-    distractor_ids: Tensor | None = None,  # Int[Tensor, "N"]
-    site: str = 'resid_pre',  # a key of `actlab.patching.SITES`
-    memory_mb: float = 256.0,  # budget per forward (a forward with its backward counts four times)
-    metric: Callable | str | None = None,  # None/'logit_diff', 'margin', or (logits [r, pos, d_vocab], example_index [r]) -> [r]
-    direction: str = 'denoising',  # 'denoising': clean into corrupted (as per_example_patch); 'noising': corrupted into clean
-    qk_fix: bool = True,  # AtP*: recompute the softmax for query and key sites instead of linearising through it
-    grad_drop: bool = False,  # AtP*'s GradDrop: effect size sum_l |AtP with layer l's gradient dropped| / (L - 1), AtP's sign
-    verify_top: int = 0,  # rerun each example's top-k sites (largest |estimated effect|) exactly and use those values
-) -> Tensor:
+def attribution_patch(model: HookedTransformer,  # the model to patch
+                      clean_tokens: Int[Tensor, "N pos"],  # the clean prompts' token ids
+                      corrupted_tokens: Int[Tensor, "N pos"],  # the corrupted prompts' token ids, same shape
+                      answer_ids: Int[Tensor, " N"] | None = None,  # the answer token per prompt (for the default logit-difference metric)
+                      distractor_ids: Int[Tensor, " N"] | None = None,  # the distractor token per prompt
+                      site: str = 'resid_pre',  # a key of `actlab.patching.SITES`
+                      memory_mb: float = 256.0,  # budget per forward (a forward with its backward counts four times)
+                      metric: Callable | str | None = None,  # None/'logit_diff', 'margin', or (logits [r, pos, d_vocab], example_index [r]) -> [r]
+                      direction: str = 'denoising',  # 'denoising': clean into corrupted (as per_example_patch); 'noising': corrupted into clean
+                      qk_fix: bool = True,  # AtP*: recompute the softmax for query and key sites instead of linearising through it
+                      grad_drop: bool = False,  # AtP*'s GradDrop: effect size sum_l |AtP with layer l's gradient dropped| / (L - 1), AtP's sign
+                      verify_top: int = 0,  # rerun each example's top-k sites (largest |estimated effect|) exactly and use those values
+                     ) -> Float[Tensor, "N layer ..."]:
     "Estimated patched metric per prompt and site, as `per_example_patch` returns it: `[N, layer, pos]`, `[N, layer, head]` or `[N, layer, pos, head]`."
     check_tokens(clean_tokens, corrupted_tokens)
     if metric is None or isinstance(metric, str):
@@ -166,7 +166,12 @@ def _spearman(x: np.ndarray, y: np.ndarray) -> float:
 def _effects(t: Tensor, corrupted: Tensor) -> np.ndarray:
     return (t - corrupted.view(-1, *[1] * (t.ndim - 1))).reshape(len(t), -1).detach().cpu().numpy()
 
-def agreement(estimate, exact, corrupted, k: int = 10, shuffle_seed: int | None = None) -> dict:
+def agreement(estimate,  # estimated patched metrics (e.g. `attribution_patch`), `[N, ...]` or a list of such per group
+              exact,  # exact patched metrics (`per_example_patch`), same shapes
+              corrupted,  # the corrupted metric per example, `[N]` or a list per group
+              k: int = 10,  # how many of each example's exact top sites the false-negative rate looks at
+              shuffle_seed: int | None = None,  # permute each example's estimates over its sites with this seed (the control); None: no permutation
+             ) -> dict:
     """Spearman of effects (`- corrupted`) over all (example, site) entries, and the false-negative rate among each example's
     exact top-`k` (`k` capped at half the sites). Each argument is a tensor `[N, ...]` or a list of them (groups of different
     lengths, pooled); `shuffle_seed` permutes each example's estimates over its sites (the control)."""
@@ -185,8 +190,13 @@ def agreement(estimate, exact, corrupted, k: int = 10, shuffle_seed: int | None 
                 n_sites=min(e.size // max(1, len(est)) for e, est in zip(E, ests)))
 
 # %% ../nbs/04c_attribution.ipynb #6511a8dd
-def agreement_table(model: HookedTransformer, groups: Sequence[tuple[Tensor, Tensor, Tensor, Tensor]], sites: Sequence[str],
-                    k: int = 10, n_shuffles: int = 20, memory_mb: float = 256.0) -> 'pd.DataFrame':
+def agreement_table(model: HookedTransformer,  # the model to patch
+                    groups: Sequence[tuple[Tensor, Tensor, Tensor, Tensor]],  # equal-length groups of `(clean, corrupted, answer_ids, distractor_ids)` tensors
+                    sites: Sequence[str],  # site types to compare (keys of `actlab.patching.SITES`)
+                    k: int = 10,  # top-k of the false-negative rate
+                    n_shuffles: int = 20,  # shuffled-estimate controls per site type
+                    memory_mb: float = 256.0,  # budget per forward (see `actlab.patching.rows_per_chunk`)
+                   ) -> 'pd.DataFrame':
     "AtP vs exact per site type over `groups` of `(clean, corrupted, answer_ids, distractor_ids)`: Spearman, FNR@k, controls, times."
     import time, pandas as pd
     from actlab.patching import prompt_logit_diff

@@ -23,8 +23,10 @@ __all__ = ['last_logits', 'evaluate_pairs', 'condition_table', 'phenomenon_claim
 
 # %% ../nbs/03_baseline.ipynb #bfd84ece
 @torch.no_grad()
-def last_logits(model: HookedTransformer, tokens: torch.Tensor,  # `[n, seq]` token ids, BOS included
-                batch_size: int = 512) -> torch.Tensor:
+def last_logits(model: HookedTransformer,  # the model to run
+                tokens: Int[Tensor, "n seq"],  # `[n, seq]` token ids, BOS included
+                batch_size: int = 512,  # prompts per forward pass
+               ) -> Float[Tensor, "n d_vocab"]:
     "Logits at the last position, `[n, d_vocab]`, computed in batches of `batch_size`."
     if tokens.ndim != 2: raise ValueError(f"tokens must be [batch, seq], got shape {tuple(tokens.shape)}")
     if tokens.dtype.is_floating_point: raise ValueError(f"tokens must be integer ids, got {tokens.dtype}")
@@ -34,7 +36,10 @@ def last_logits(model: HookedTransformer, tokens: torch.Tensor,  # `[n, seq]` to
     return torch.cat([model(tokens[i:i + batch_size].to(dev))[:, -1].float().cpu() for i in range(0, len(tokens), batch_size)])
 
 # %% ../nbs/03_baseline.ipynb #261a3923
-def evaluate_pairs(model: HookedTransformer, pairs: PairSet, batch_size: int = 512) -> pd.DataFrame:
+def evaluate_pairs(model: HookedTransformer,  # the model to score
+                   pairs: PairSet,  # the prompt pairs (`actlab.tasks.make_pairs`)
+                   batch_size: int = 512,  # prompts per forward pass
+                  ) -> pd.DataFrame:
     "Per example: `correct_*`, `margin_*` and `logit_diff_*` of the plain, clean (ID control) and corrupted prompts; `survives`."
     out = []
     keep = ['example_id', 'problem_id', 'corruption_type', 'family_kind', 'suffix_length']
@@ -70,7 +75,9 @@ def _cells(scores: pd.DataFrame):
         if len(ood): yield 'ood (pooled)', 'ood', ','.join(sorted(ood.corruption_type.unique())), L, 'corrupted', ood
 
 def condition_table(scores: pd.DataFrame,  # `evaluate_pairs` output
-                    n_boot: int = 2000, seed: int = 0) -> pd.DataFrame:
+                    n_boot: int = 2000,  # bootstrap resamples per cell
+                    seed: int = 0,  # seed of the resampling
+                   ) -> pd.DataFrame:
     "Per condition × suffix length: accuracy, margin and logit difference with 95% bootstrap intervals (by `problem_id`)."
     rows = []
     for cond, kind, pools, L, prompt, g in _cells(scores):
@@ -83,7 +90,9 @@ def condition_table(scores: pd.DataFrame,  # `evaluate_pairs` output
 
 # %% ../nbs/03_baseline.ipynb #2806f5e5
 def phenomenon_claims(table: pd.DataFrame,  # `condition_table` output
-                      clean_min: float = 0.98, control_min: float = 0.95) -> list[Claim]:
+                      clean_min: float = 0.98,  # lowest ID-control accuracy, at every length, for the clean-accuracy claim
+                      control_min: float = 0.95,  # lowest accuracy, at every length, for each control family's claim
+                     ) -> list[Claim]:
     "The claims the study's premise rests on, each with its numbers and a verdict."
     t = table.set_index(['condition', 'suffix_length'])
     acc = lambda c: t.loc[c].accuracy
@@ -115,7 +124,8 @@ def phenomenon_claims(table: pd.DataFrame,  # `condition_table` output
 # %% ../nbs/03_baseline.ipynb #2806f5e9
 def interval_table(table: pd.DataFrame,  # `condition_table` output
                    metric: str = 'accuracy',  # 'accuracy', 'margin' or 'logit_diff'
-                   digits: int = 2) -> pd.DataFrame:
+                   digits: int = 2,  # decimals shown in each cell
+                  ) -> pd.DataFrame:
     "Conditions × suffix lengths, each cell `estimate [lo, hi]`; rows ordered controls, OOD families, pooled OOD, null."
     if metric not in ('accuracy', 'margin', 'logit_diff'): raise ValueError(f"metric must be 'accuracy', 'margin' or 'logit_diff', got {metric!r}")
     f = lambda r: f"{r[metric]:.{digits}f} [{r[metric + '_lo']:.{digits}f}, {r[metric + '_hi']:.{digits}f}]"
@@ -124,7 +134,9 @@ def interval_table(table: pd.DataFrame,  # `condition_table` output
     return grid.loc[[c for c in order if c in grid.index] + [c for c in grid.index if c not in order]]
 
 # %% ../nbs/03_baseline.ipynb #c1ff8ac5
-def plot_conditions(table: pd.DataFrame, metric: str = 'accuracy') -> go.Figure:
+def plot_conditions(table: pd.DataFrame,  # `condition_table` output
+                    metric: str = 'accuracy',  # 'accuracy' or 'logit_diff'
+                   ) -> go.Figure:
     "Line plot of `metric` ('accuracy' or 'logit_diff') against suffix length, one line per condition."
     if metric not in ('accuracy', 'logit_diff'): raise ValueError(f"metric must be 'accuracy' or 'logit_diff', got {metric!r}")
     t = table[table.condition != 'plain']
@@ -151,7 +163,12 @@ class PromptReport:
         return f"PromptReport({self.prompt!r} → {self.answer!r}: rank {self.rank}, logit {self.logit:.2f}, prob {self.prob:.1%}; top: {top})"
 
 @torch.no_grad()
-def prompt_report(model: HookedTransformer, prompt: str, answer: str, top_k: int = 10, prepend_bos: bool = True) -> PromptReport:
+def prompt_report(model: HookedTransformer,  # the model to run
+                  prompt: str,  # the prompt text
+                  answer: str,  # the expected next word (a single token)
+                  top_k: int = 10,  # how many top predictions to list
+                  prepend_bos: bool = True,  # prepend the BOS token, as the study's prompts do
+                 ) -> PromptReport:
     "Rank, logit and probability of the single-token `answer` after `prompt`, and the `top_k` predictions."
     from actlab.tasks import single_token_id
     ans = single_token_id(model.tokenizer, answer)
@@ -163,17 +180,26 @@ def prompt_report(model: HookedTransformer, prompt: str, answer: str, top_k: int
     return PromptReport(prompt, answer, rank, float(logits[ans]), float(probs[ans]), top)
 
 # %% ../nbs/03_baseline.ipynb #8aa23bfe
-def unembed_difference(model: HookedTransformer, answer_ids: torch.Tensor, distractor_ids: torch.Tensor) -> torch.Tensor:
+def unembed_difference(model: HookedTransformer,  # the model whose unembedding is read
+                       answer_ids: Int[Tensor, " n"],  # the answer token per example
+                       distractor_ids: Int[Tensor, " n"],  # the distractor token per example
+                      ) -> Float[Tensor, "n d_model"]:
     "`W_U[:, answer] − W_U[:, distractor]` per example: `[n, d_model]` (what the unembedding reads from the final-LN output)."
     return (model.W_U[:, answer_ids] - model.W_U[:, distractor_ids]).T.float().detach()
 
-def answer_direction(model: HookedTransformer, answer_ids: torch.Tensor, distractor_ids: torch.Tensor) -> torch.Tensor:
+def answer_direction(model: HookedTransformer,  # the model whose unembedding and final LN are read
+                     answer_ids: Int[Tensor, " n"],  # the answer token per example
+                     distractor_ids: Int[Tensor, " n"],  # the distractor token per example
+                    ) -> Float[Tensor, "n d_model"]:
     "The residual direction read as `logit[answer] − logit[distractor]` after final-LN normalization, per example: `[n, d_model]`."
     d = unembed_difference(model, answer_ids, distractor_ids)
     w = getattr(model.ln_final, 'w', None)  # an unfolded LayerNorm scales by w before the unembedding
     return (d * w.float()).detach() if w is not None else d.detach()
 
-def answer_bias(model: HookedTransformer, answer_ids: torch.Tensor, distractor_ids: torch.Tensor) -> torch.Tensor:
+def answer_bias(model: HookedTransformer,  # the model whose biases are read
+                answer_ids: Int[Tensor, " n"],  # the answer token per example
+                distractor_ids: Int[Tensor, " n"],  # the distractor token per example
+               ) -> Float[Tensor, " n"]:
     "The part of the logit difference no component writes: unembedding bias and final-LN bias, `[n]`."
     d = unembed_difference(model, answer_ids, distractor_ids)
     out = (model.b_U[answer_ids] - model.b_U[distractor_ids]).float()
@@ -181,7 +207,11 @@ def answer_bias(model: HookedTransformer, answer_ids: torch.Tensor, distractor_i
     return (out + d @ b.float() if b is not None else out).detach()
 
 @torch.no_grad()
-def answer_attribution(model: HookedTransformer, tokens: torch.Tensor, answer_ids: torch.Tensor, distractor_ids: torch.Tensor) -> dict[str, pd.DataFrame]:
+def answer_attribution(model: HookedTransformer,  # the model to run
+                       tokens: Int[Tensor, "n seq"],  # token ids, BOS included
+                       answer_ids: Int[Tensor, " n"],  # the answer token per example
+                       distractor_ids: Int[Tensor, " n"],  # the distractor token per example
+                      ) -> dict[str, pd.DataFrame]:
     "Logit lens (per layer) and DLA (per head and MLP) on the answer−distractor direction at the last position, per example."
     _, cache = model.run_with_cache(tokens.to(model.cfg.device), names_filter=lambda n: n.endswith(('hook_resid_pre', 'hook_resid_mid', 'hook_resid_post', 'hook_result', 'hook_mlp_out', 'hook_embed', 'hook_pos_embed', 'hook_scale', 'hook_z', 'hook_attn_out')))
     direction = answer_direction(model, answer_ids, distractor_ids).to(model.cfg.device)  # [n, d_model]
@@ -197,7 +227,11 @@ def answer_attribution(model: HookedTransformer, tokens: torch.Tensor, answer_id
                 components=pd.DataFrame(dla_comps, columns=comp_labels))
 
 # %% ../nbs/03_baseline.ipynb #0940b0c4
-def plot_attribution(model: HookedTransformer, pairs: PairSet, family: str, suffix_length: int) -> go.Figure:
+def plot_attribution(model: HookedTransformer,  # the model to run
+                     pairs: PairSet,  # the prompt pairs
+                     family: str,  # the corruption family shown against the ID control
+                     suffix_length: int,  # the suffix length shown
+                    ) -> go.Figure:
     "Logit lens by layer and DLA by head, ID control vs `family` corrupted, at one suffix length (mean over examples)."
     from plotly.subplots import make_subplots
     sub = pairs.filter(corruption_type=family, suffix_length=suffix_length)
@@ -218,13 +252,19 @@ def plot_attribution(model: HookedTransformer, pairs: PairSet, family: str, suff
     return fig
 
 # %% ../nbs/03_baseline.ipynb #dec0de02
-def residual_sites(model: HookedTransformer) -> list[str]:
+def residual_sites(model: HookedTransformer,  # the model whose layers are listed
+                  ) -> list[str]:
     "The residual stream at the input of every block, and the final one: `n_layers + 1` hook names."
     return [f'blocks.{l}.hook_resid_pre' for l in range(model.cfg.n_layers)] + [f'blocks.{model.cfg.n_layers - 1}.hook_resid_post']
 
-def decodability_by_layer(model: HookedTransformer, pairs: PairSet,
+def decodability_by_layer(model: HookedTransformer,  # the model to read
+                          pairs: PairSet,  # the prompt pairs
                           scores: pd.DataFrame | None = None,  # `evaluate_pairs(model, pairs)`, computed when None
-                          n_splits: int = 5, Cs: tuple[float, ...] = (1.0, 10.0, 100.0), min_train: int = 50, seed: int = 0) -> pd.DataFrame:
+                          n_splits: int = 5,  # cross-validation folds, split by clean prompt
+                          Cs: tuple[float, ...] = (1.0, 10.0, 100.0),  # inverse regularization strengths tried (chosen inside each training fold)
+                          min_train: int = 50,  # fewest failed OOD runs in a training fold for the decoder trained on them ('ood_failed_own')
+                          seed: int = 0,  # seed of the folds
+                         ) -> pd.DataFrame:
     "Per scored run: `site, layer, condition, example_id, problem_id, decoded` (held-out answer decoding, folds by clean prompt)."
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import GroupKFold
@@ -273,13 +313,16 @@ def decodability_by_layer(model: HookedTransformer, pairs: PairSet,
     return pd.concat(rows, ignore_index=True)
 
 def decodability_table(runs: pd.DataFrame,  # `decodability_by_layer` output
-                       n_boot: int = 1000) -> pd.DataFrame:
+                       n_boot: int = 1000,  # bootstrap resamples per cell
+                      ) -> pd.DataFrame:
     "Held-out decoding accuracy per site and condition, with 95% bootstrap intervals by clean prompt."
     t = bootstrap_table(runs, ['layer', 'site', 'condition'], 'decoded', n_boot=n_boot)
     return t.rename(columns=dict(est='accuracy', lo='accuracy_lo', hi='accuracy_hi'))
 
 def decodable_upstream_claim(table: pd.DataFrame,  # `decodability_table` output
-                             n_layers: int, min_accuracy: float = 0.9) -> Claim:
+                             n_layers: int,  # the model's number of layers
+                             min_accuracy: float = 0.9,  # held-out accuracy the claim requires
+                            ) -> Claim:
     "Claim: on clean runs the answer decodes (held out) with accuracy >= `min_accuracy` at a site a full layer before the last."
     t = table[(table.condition == 'clean')].set_index('layer')
     upstream = t[t.index <= n_layers - 1]  # resid_pre of the last block, or earlier
@@ -291,7 +334,8 @@ def decodable_upstream_claim(table: pd.DataFrame,  # `decodability_table` output
                       best_site=None if best is None else t.site[best], best_accuracy=None if best is None else float(upstream.accuracy[best]),
                       by_site=t.set_index('site').accuracy.round(3).to_dict()))
 
-def plot_decodability(table: pd.DataFrame) -> go.Figure:
+def plot_decodability(table: pd.DataFrame,  # `decodability_table` output
+                     ) -> go.Figure:
     "Held-out decoding accuracy by residual site, one line per condition, with interval bands."
     fig = go.Figure()
     colors = dict(clean='#1f77b4', id_control='#2ca02c', ood_failed='#d62728', ood_failed_own='#ff7f0e')
@@ -305,7 +349,9 @@ def plot_decodability(table: pd.DataFrame) -> go.Figure:
     return fig
 
 # %% ../nbs/03_baseline.ipynb #dec0de05
-def embedding_norms(model: HookedTransformer, tokenizer) -> pd.DataFrame:
+def embedding_norms(model: HookedTransformer,  # the model whose embedding is read
+                    tokenizer,  # its tokenizer (decides which suffix words are single tokens)
+                   ) -> pd.DataFrame:
     "Mean and spread of `‖W_E[token]‖` over each suffix family's single-token words."
     from actlab.tasks import SUFFIX_FAMILIES, suffix_pools
     rows = []
@@ -317,7 +363,9 @@ def embedding_norms(model: HookedTransformer, tokenizer) -> pd.DataFrame:
 
 def seed_claims(recipes: list,  # model recipes (e.g. `BuiltinModelConfig(seed=s)`), one per seed
                 load: 'Callable',  # recipe -> trained model
-                task: 'TaskConfig | None' = None, decodability: bool = True) -> pd.DataFrame:
+                task: 'TaskConfig | None' = None,  # the task to make pairs from (None: `TaskConfig()`)
+                decodability: bool = True,  # also run the (slower) decodability claim
+               ) -> pd.DataFrame:
     "One row per seed and claim: `seed, claim, holds, statement`; each seed's condition table is in `.attrs['tables']`."
     from actlab.tasks import TaskConfig, make_pairs
     rows, tables = [], {}

@@ -25,11 +25,11 @@ def _stop_layer(model: HookedTransformer, hooks: Sequence[str]) -> int | None:
     return top if top < model.cfg.n_layers else None
 
 @torch.no_grad()
-def capture(model: HookedTransformer,
+def capture(model: HookedTransformer,  # the model to run (its hooks are read, never left attached)
             tokens: Int[Tensor, "n seq"],  # token ids, BOS included
             hooks: Sequence[str],  # TransformerLens hook names, e.g. ['blocks.2.hook_resid_pre']
             positions: str = 'last',  # 'last' (the answer position) or 'all'
-            batch_size: int = 256,
+            batch_size: int = 256,  # prompts per forward pass
            ) -> dict[str, Float[Tensor, "n ..."]]:
     "Activations at `hooks` (float32, on the CPU): `[n, *act_shape]` for 'last', `[n, seq, *act_shape]` for 'all'."
     if tokens.ndim != 2: raise ValueError(f"tokens must be [batch, seq], got shape {tuple(tokens.shape)}")
@@ -50,11 +50,11 @@ def capture(model: HookedTransformer,
     return {h: torch.cat(v) for h, v in out.items()}
 
 # %% ../nbs/00b_capture.ipynb #aba7d661
-def pair_activations(model: HookedTransformer,
+def pair_activations(model: HookedTransformer,  # the model to run
                      pairs,  # an `actlab.tasks.PairSet`
-                     hooks: Sequence[str],
+                     hooks: Sequence[str],  # TransformerLens hook names, e.g. ['blocks.2.hook_resid_pre']
                      kind: str = 'clean',  # 'clean', 'corrupted' or 'plain'
-                     batch_size: int = 256,
+                     batch_size: int = 256,  # prompts per forward pass
                     ) -> dict[str, Float[Tensor, "n ..."]]:
     "Answer-position activations of the `kind` prompts at `hooks`, one row per pair in `pairs.df` order."
     import numpy as np, pandas as pd

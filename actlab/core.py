@@ -24,7 +24,9 @@ T = TypeVar('T', bound='Config')
 class ConfigError(ValueError):
     "A config value is invalid; the message says which one and how to fix it."
 
-def check(cond: bool, msg: str):
+def check(cond: bool,  # the condition that must hold
+          msg: str,  # the one-line message naming the fix, raised when `cond` is false
+         ):
     "Raise `ConfigError(msg)` unless `cond`."
     if not cond: raise ConfigError(msg)
 
@@ -145,12 +147,14 @@ class Config:
         return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:12]
 
 # %% ../nbs/00_core.ipynb #b8ef2456
-def seed_everything(seed: int) -> torch.Generator:
+def seed_everything(seed: int,  # the seed for Python, NumPy (mod 2**32) and torch
+                   ) -> torch.Generator:
     "Seed Python, NumPy and torch; return a torch generator seeded the same way."
     random.seed(seed); np.random.seed(seed % 2**32); torch.manual_seed(seed)
     return torch.Generator().manual_seed(seed)
 
-def state_dict_hash(sd: dict[str, torch.Tensor]) -> str:
+def state_dict_hash(sd: dict[str, torch.Tensor],  # parameter name -> tensor, e.g. `model.state_dict()`
+                   ) -> str:
     "SHA-256 (first 16 hex digits) over the names, shapes, dtypes and bytes of a state dict, in sorted name order."
     h = hashlib.sha256()
     for k in sorted(sd):
@@ -160,7 +164,9 @@ def state_dict_hash(sd: dict[str, torch.Tensor]) -> str:
     return h.hexdigest()[:16]
 
 # %% ../nbs/00_core.ipynb #a8129750
-def atomic_write(path: str | Path, data: str | bytes) -> Path:
+def atomic_write(path: str | Path,  # the file to write (its folder is created)
+                 data: str | bytes,  # the contents: text (UTF-8) or bytes
+                ) -> Path:
     "Write `data` to `path` via a temporary file in the same folder, `fsync` and `os.replace`: never a partial file."
     path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f'.{path.name}.', suffix='.tmp', dir=path.parent)
@@ -173,7 +179,8 @@ def atomic_write(path: str | Path, data: str | bytes) -> Path:
     return path
 
 @contextlib.contextmanager
-def atomic_path(path: str | Path):
+def atomic_path(path: str | Path,  # the final file; the temporary one is renamed onto it
+               ):
     "A temporary path beside `path` to write to (e.g. `df.to_parquet(tmp)`); renamed onto `path` on success, removed on failure."
     path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f'.{path.name}.{os.getpid()}.tmp')
@@ -183,25 +190,32 @@ def atomic_path(path: str | Path):
         os.replace(tmp, path)
     finally: tmp.unlink(missing_ok=True)
 
-def atomic_write_json(path: str | Path, data, **kw) -> Path:
+def atomic_write_json(path: str | Path,  # the file to write
+                      data,  # anything `json.dumps` can write (other objects via `str`)
+                      **kw,
+                     ) -> Path:
     "`atomic_write` of `data` as indented JSON."
     return atomic_write(path, json.dumps(data, indent=2, default=str, **kw))
 
-def file_sha256(path: str | Path) -> str:
+def file_sha256(path: str | Path,  # the file to hash
+               ) -> str:
     "SHA-256 (hex) of a file's bytes."
     h = hashlib.sha256()
     with open(path, 'rb') as f:
         for chunk in iter(lambda: f.read(1 << 20), b''): h.update(chunk)
     return h.hexdigest()
 
-def ensure_file(path: str | Path, data: str | bytes) -> Path:
+def ensure_file(path: str | Path,  # the file that must hold `data`
+                data: str | bytes,  # the contents: text (UTF-8) or bytes
+               ) -> Path:
     "Make `path` hold exactly `data`: rewritten (atomically) unless its size and SHA-256 already match."
     path = Path(path); b = data.encode() if isinstance(data, str) else data
     if path.is_file() and path.stat().st_size == len(b) and file_sha256(path) == hashlib.sha256(b).hexdigest(): return path
     return atomic_write(path, b)
 
 # %% ../nbs/00_core.ipynb #33c7bf6a
-def package_versions(names=('torch', 'transformer_lens', 'sae_lens', 'numpy', 'datasets', 'pyarrow', 'sklearn', 'actlab')) -> dict[str, str]:
+def package_versions(names=('torch', 'transformer_lens', 'sae_lens', 'numpy', 'datasets', 'pyarrow', 'sklearn', 'actlab'),  # import names of the packages to report (`python` is always included)
+                    ) -> dict[str, str]:
     "Installed versions of the packages a result depends on."
     from importlib import metadata
     dist = {'sklearn': 'scikit-learn', 'transformer_lens': 'transformer-lens', 'sae_lens': 'sae-lens'}
@@ -211,9 +225,10 @@ def package_versions(names=('torch', 'transformer_lens', 'sae_lens', 'numpy', 'd
         except metadata.PackageNotFoundError: out[n] = 'not installed'
     return out
 
-def write_manifest(folder: str | Path,
+def write_manifest(folder: str | Path,  # the results folder; `manifest.json` goes inside it
                    fresh: bool = False,  # write only `entries` (a new run), never merging with an older manifest
-                   **entries) -> Path:
+                   **entries,
+                  ) -> Path:
     "Write (or update) `folder/manifest.json` with `entries`, package versions and the time; return its path."
     folder = Path(folder); folder.mkdir(parents=True, exist_ok=True)
     path = folder / 'manifest.json'
@@ -233,7 +248,8 @@ def default_device() -> str:
 
 def check_device(device: str | None,  # 'cpu', 'cuda', 'cuda:1', 'mps', ... or None (= `default_device()`)
                  available: bool = True,  # also check that the device exists on this machine
-                 where: str = 'device') -> str | None:
+                 where: str = 'device',  # what the device is for, named at the start of the error message
+                ) -> str | None:
     "`device` if it names a device torch knows (and, with `available`, one this machine has); else a one-line `ConfigError`."
     if device is None: return None
     if not isinstance(device, str): raise ConfigError(f"{where}: expected a device name such as 'cpu' or 'cuda', got {device!r}")

@@ -33,15 +33,15 @@ def _check_ids(logits: Tensor, *ids: Tensor) -> list[Tensor]:
     return out
 
 def correct(logits: Float[Tensor, "n d_vocab"],  # logits at the answer position
-            answer_ids: Int[Tensor, "n"],  # the answer token per row
-           ) -> Bool[Tensor, "n"]:
+            answer_ids: Int[Tensor, " n"],  # the answer token per row
+           ) -> Bool[Tensor, " n"]:
     "Whether the top prediction over the vocabulary is the answer."
     (a,) = _check_ids(logits, answer_ids)
     return logits.argmax(-1) == a
 
 def margin(logits: Float[Tensor, "n d_vocab"],  # logits at the answer position
-           answer_ids: Int[Tensor, "n"],  # the answer token per row
-          ) -> Float[Tensor, "n"]:
+           answer_ids: Int[Tensor, " n"],  # the answer token per row
+          ) -> Float[Tensor, " n"]:
     "`logit[answer] − max(logit[other token])`: positive exactly when `correct`."
     (a,) = _check_ids(logits, answer_ids)
     ans = logits.gather(1, a[:, None]).squeeze(1)
@@ -49,9 +49,9 @@ def margin(logits: Float[Tensor, "n d_vocab"],  # logits at the answer position
     return ans - others.max(-1).values
 
 def logit_diff(logits: Float[Tensor, "n d_vocab"],  # logits at the answer position
-               answer_ids: Int[Tensor, "n"],  # the answer token per row
-               distractor_ids: Int[Tensor, "n"],  # the distractor token per row
-              ) -> Float[Tensor, "n"]:
+               answer_ids: Int[Tensor, " n"],  # the answer token per row
+               distractor_ids: Int[Tensor, " n"],  # the distractor token per row
+              ) -> Float[Tensor, " n"]:
     "`logit[answer] − logit[distractor]`."
     a, d = _check_ids(logits, answer_ids, distractor_ids)
     return logits.gather(1, a[:, None]).squeeze(1) - logits.gather(1, d[:, None]).squeeze(1)
@@ -67,8 +67,8 @@ def metric_fn(name: str  # one of `METRICS`
     return fns[name]
 
 def answer_metrics(logits: Float[Tensor, "n d_vocab"],  # logits at the answer position
-                   answer_ids: Int[Tensor, "n"],
-                   distractor_ids: Int[Tensor, "n"],
+                   answer_ids: Int[Tensor, " n"],  # the answer token per row
+                   distractor_ids: Int[Tensor, " n"],  # the distractor token per row
                   ) -> dict[str, np.ndarray]:
     "All three metrics as numpy arrays: `correct`, `margin`, `logit_diff`."
     logits = logits.float()
@@ -79,7 +79,9 @@ def answer_metrics(logits: Float[Tensor, "n d_vocab"],  # logits at the answer p
 def bootstrap_ci(values: Sequence[float],  # one value per row
                  groups: Sequence | None = None,  # the clean prompt of each row: rows of a group are resampled together
                  stat: Callable[[np.ndarray], float] = np.mean,  # the statistic, e.g. np.mean or np.median
-                 n_boot: int = 2000, alpha: float = 0.05, seed: int = 0,
+                 n_boot: int = 2000,  # bootstrap resamples
+                 alpha: float = 0.05,  # 1 − the interval's coverage (0.05: a 95% interval)
+                 seed: int = 0,  # seed of the resampling
                 ) -> tuple[float, float, float]:
     "`(estimate, lo, hi)`: the statistic and its `1 − alpha` percentile interval, resampling `groups` with replacement."
     v = np.asarray(values, dtype=float)
@@ -112,7 +114,9 @@ def bootstrap_table(df: pd.DataFrame,  # one row per example
                     by: Sequence[str],  # the columns that define a cell, e.g. ['condition', 'suffix_length']
                     value: str,  # the column to summarize
                     group: str = 'problem_id',  # the clean-prompt column resampled as a unit
-                    stat: Callable[[np.ndarray], float] = np.mean, n_boot: int = 2000, seed: int = 0,
+                    stat: Callable[[np.ndarray], float] = np.mean,  # the statistic, e.g. np.mean or np.median
+                    n_boot: int = 2000,  # bootstrap resamples per cell
+                    seed: int = 0,  # seed of the resampling
                    ) -> pd.DataFrame:
     "Per cell of `by`: the statistic of `value` with its bootstrap interval (`est`, `lo`, `hi`), `n` rows and `n_groups`."
     for c in [*by, value, group]:
@@ -127,7 +131,7 @@ def bootstrap_table(df: pd.DataFrame,  # one row per example
 
 # %% ../nbs/00a_metrics.ipynb #7f2bcdc1
 def split_halves(groups: Sequence,  # the clean prompt (or problem id) of each row
-                 seed: int = 0,
+                 seed: int = 0,  # which of the (hash-based) splits into halves
                 ) -> np.ndarray:
     "A boolean mask, True for rows in the *selection* half; rows of one group are always on the same side."
     import hashlib
@@ -153,6 +157,7 @@ class Claim:
         return json.loads(json.dumps(dict(name=self.name, statement=self.statement, holds=bool(self.holds), evidence=self.evidence),
                                      default=lambda x: float(x) if hasattr(x, '__float__') else str(x)))
 
-def claims_frame(claims: Sequence[Claim]) -> pd.DataFrame:
+def claims_frame(claims: Sequence[Claim],  # `Claim`s, e.g. from a phase's claim functions
+                ) -> pd.DataFrame:
     "One row per claim: name, verdict, statement."
     return pd.DataFrame([dict(claim=c.name, verdict='holds' if c.holds else 'does not hold', statement=c.statement) for c in claims])

@@ -81,7 +81,8 @@ RECIPES: dict[str, BuiltinModelConfig] = {
 }
 
 # %% ../nbs/02_models.ipynb #36acfac2
-def text_words(cfg: BuiltinModelConfig) -> list[str]:
+def text_words(cfg: BuiltinModelConfig,  # the built-in model's recipe
+              ) -> list[str]:
     "The words of running text: junk words, punctuation, numbers and the `norm_matched` fillers."
     numbers = [str(i) for i in range(cfg.task_config().max_number + 1)]
     return list(dict.fromkeys(SUFFIX_FAMILIES['junk_words'] + SUFFIX_FAMILIES['punctuation'] + numbers + SUFFIX_FAMILIES['norm_matched']))
@@ -133,14 +134,19 @@ class CorpusBuilder:
         return out[:self.cfg.n_ctx]
 
 # %% ../nbs/02_models.ipynb #5b1c0a14
-def build_corpus(cfg: BuiltinModelConfig, tokenizer) -> 'datasets.DatasetDict':
+def build_corpus(cfg: BuiltinModelConfig,  # the built-in model's recipe (corpus size, mix and seed)
+                 tokenizer,  # the word tokenizer of the task (`build_word_tokenizer`)
+                ) -> 'datasets.DatasetDict':
     "Train and held-out splits of packed token sequences, deterministic from `cfg.seed`."
     import datasets
     feats = datasets.Features({'tokens': datasets.Sequence(datasets.Value('int64'))})
     split = lambda seed, n: datasets.Dataset.from_dict({'tokens': [b.sequence() for b in [CorpusBuilder(cfg, tokenizer, seed)] for _ in range(n)]}, features=feats)
     return datasets.DatasetDict(train=split(cfg.seed * 2, cfg.n_train_seqs), test=split(cfg.seed * 2 + 1, cfg.n_test_seqs))
 
-def save_corpus(corpus: 'datasets.DatasetDict', folder: str | Path, **facts) -> Path:
+def save_corpus(corpus: 'datasets.DatasetDict',  # the splits, e.g. from `build_corpus`
+                folder: str | Path,  # where the splits and `corpus.json` are written
+                **facts,
+               ) -> Path:
     "Write each split to `folder/<split>/data.parquet` (atomically) and `folder/corpus.json`; return the folder."
     folder = Path(folder)
     for name, ds in corpus.items():
@@ -150,7 +156,8 @@ def save_corpus(corpus: 'datasets.DatasetDict', folder: str | Path, **facts) -> 
     tmp = folder / 'corpus.json.tmp'; tmp.write_text(json.dumps(meta, indent=2)); os.replace(tmp, folder / 'corpus.json')
     return folder
 
-def load_corpus(folder: str | Path) -> 'datasets.DatasetDict':
+def load_corpus(folder: str | Path,  # a folder written by `save_corpus`
+               ) -> 'datasets.DatasetDict':
     "The splits written by `save_corpus`, through `datasets.load_dataset` (no network)."
     import datasets
     folder = Path(folder)
@@ -160,8 +167,10 @@ def load_corpus(folder: str | Path) -> 'datasets.DatasetDict':
 
 # %% ../nbs/02_models.ipynb #c6f1a25d
 @torch.no_grad()
-def heldout_ce(model: HookedTransformer, dataset,  # a split with a `tokens` column, e.g. `build_corpus(...)['test']`
-               batch_size: int = 256) -> float:
+def heldout_ce(model: HookedTransformer,  # the model to evaluate
+               dataset,  # a split with a `tokens` column, e.g. `build_corpus(...)['test']`
+               batch_size: int = 256,  # sequences per forward pass
+              ) -> float:
     "Mean next-token cross-entropy (nats) over every position of `dataset`."
     toks = torch.tensor(dataset['tokens'])
     losses = [model(toks[i:i + batch_size].to(model.cfg.device), return_type='loss', loss_per_token=True).float().cpu()
@@ -179,8 +188,12 @@ def _tl_progress(show: bool):
         with contextlib.redirect_stdout(io.StringIO()): yield  # its "Moving model to device" line
     finally: tl_train.tqdm = orig
 
-def train_builtin_model(cfg: BuiltinModelConfig = BuiltinModelConfig(), tokenizer=None, corpus=None, progress: bool = True,
-                        device: str | None = None) -> tuple[HookedTransformer, list[dict]]:
+def train_builtin_model(cfg: BuiltinModelConfig = BuiltinModelConfig(),  # the recipe: architecture, corpus and training phases
+                        tokenizer=None,  # the word tokenizer (None: built from `cfg`)
+                        corpus=None,  # the corpus splits (None: `build_corpus(cfg, tokenizer)`)
+                        progress: bool = True,  # show a progress bar over the training phases
+                        device: str | None = None,  # where to train, e.g. 'cpu' or 'cuda' (None: `default_device()`)
+                       ) -> tuple[HookedTransformer, list[dict]]:
     "Train the built-in model from scratch with TransformerLens's trainer; return it (in eval mode) and the per-phase history."
     from transformer_lens.train import HookedTransformerTrainConfig, train
     seed_everything(cfg.seed)
@@ -201,7 +214,11 @@ def train_builtin_model(cfg: BuiltinModelConfig = BuiltinModelConfig(), tokenize
     return model.eval(), history
 
 # %% ../nbs/02_models.ipynb #f1ed104e
-def save_model(model: HookedTransformer, folder: str | Path, recipe: BuiltinModelConfig | None = None, **facts) -> Path:
+def save_model(model: HookedTransformer,  # the model to save
+               folder: str | Path,  # where weights, config and tokenizer go
+               recipe: BuiltinModelConfig | None = None,  # the recipe it was trained with (recorded in the config)
+               **facts,
+              ) -> Path:
     "Save weights (safetensors), config and tokenizer to `folder`; return the folder."
     from safetensors.torch import save_file
     folder = Path(folder); folder.mkdir(parents=True, exist_ok=True)
@@ -228,7 +245,9 @@ def _tokenizer_from(folder: Path):
         raise ModelLoadError(f"the tokenizer in {folder} cannot be loaded ({type(e).__name__}: {' '.join(str(e).split())[:120]}); "
                              "copy the folder again or retrain") from None
 
-def load_saved_model(folder: str | Path, device: str | None = None) -> HookedTransformer:
+def load_saved_model(folder: str | Path,  # a folder written by `save_model`
+                     device: str | None = None,  # where to load it (None: `default_device()`)
+                    ) -> HookedTransformer:
     "Load a folder written by `save_model`; checks the config, the weights' shapes and their recorded hash."
     from safetensors.torch import load_file
     folder = Path(folder)
@@ -269,15 +288,18 @@ DEFAULT_MODEL_DIR = 'default_model'
 
 DEFAULT_CORPUS_DIR = 'corpus'
 
-def builtin_folder(cfg: BuiltinModelConfig = BuiltinModelConfig()) -> Path:
+def builtin_folder(cfg: BuiltinModelConfig = BuiltinModelConfig(),  # the built-in model's recipe
+                  ) -> Path:
     "Where the model of recipe `cfg` is cached: `data/default_model` for the default, else `data/builtin_<digest>`."
     return data_dir() / DEFAULT_MODEL_DIR if cfg == BuiltinModelConfig() else data_dir() / f'builtin_{cfg.digest()}'
 
-def corpus_folder(cfg: BuiltinModelConfig = BuiltinModelConfig()) -> Path:
+def corpus_folder(cfg: BuiltinModelConfig = BuiltinModelConfig(),  # the built-in model's recipe
+                 ) -> Path:
     "Where the corpus of recipe `cfg` is cached: `data/corpus` for the default, else inside the model's folder."
     return data_dir() / DEFAULT_CORPUS_DIR if cfg == BuiltinModelConfig() else builtin_folder(cfg) / 'corpus'
 
-def builtin_corpus(cfg: BuiltinModelConfig = BuiltinModelConfig()) -> 'datasets.DatasetDict':
+def builtin_corpus(cfg: BuiltinModelConfig = BuiltinModelConfig(),  # the built-in model's recipe
+                  ) -> 'datasets.DatasetDict':
     "The corpus of recipe `cfg`: from its cache when it was made by this recipe, else built (seconds) and cached."
     folder = corpus_folder(cfg)
     meta = folder / 'corpus.json'
@@ -287,7 +309,9 @@ def builtin_corpus(cfg: BuiltinModelConfig = BuiltinModelConfig()) -> 'datasets.
     return load_corpus(folder)
 
 def load_builtin_model(cfg: BuiltinModelConfig | str = 'default',  # a recipe, or a name in `RECIPES`
-                       device: str | None = None, retrain: bool = False) -> HookedTransformer:
+                       device: str | None = None,  # where to load it (None: `default_device()`)
+                       retrain: bool = False,  # train it again even when the cached model matches the recipe
+                      ) -> HookedTransformer:
     "The built-in model for `cfg`: from the cache when its recipe matches, else trained now (minutes) and cached."
     if isinstance(cfg, str):
         if cfg not in RECIPES: raise ModelLoadError(f"unknown built-in recipe {cfg!r}; choose from {sorted(RECIPES)}")
@@ -330,7 +354,10 @@ def _load_local_hf(path: Path, device: str, fold_ln: bool = True, center_writing
                                       center_unembed=center_unembed, fold_value_biases=True, refactor_factored_attn_matrices=False)
     return model.to(device)
 
-def load_model(name: str = 'builtin', device: str | None = None, **from_pretrained_kwargs) -> HookedTransformer:
+def load_model(name: str = 'builtin',  # 'builtin', a folder (from `save_model`, or a Hugging Face checkpoint), or a TransformerLens model name such as 'gpt2'
+               device: str | None = None,  # where to load it (None: `default_device()`)
+               **from_pretrained_kwargs,
+              ) -> HookedTransformer:
     "A HookedTransformer by name: 'builtin', a folder (actlab or Hugging Face checkpoint), or a TransformerLens model name."
     from transformer_lens import loading
     if name == 'builtin': return load_builtin_model(device=device)

@@ -12,6 +12,7 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 import pandas as pd
 import torch
+from jaxtyping import Bool, Float, Int
 from torch import Tensor
 import transformer_lens.utils as tl_utils
 from transformer_lens import HookedTransformer, ActivationCache
@@ -109,7 +110,10 @@ def _did_you_mean(name: str, options) -> str:
     return f" (did you mean {' or '.join(map(repr, close))}?)" if close else ''
 
 # %% ../nbs/04_patching.ipynb #940f2acc
-def check_tokens(clean_tokens: Tensor | None, corrupted_tokens: Tensor, *others: tuple[str, Tensor]):
+def check_tokens(clean_tokens: Int[Tensor, "batch pos"] | None,  # clean token ids `[batch, pos]` (None: only `corrupted_tokens` is checked)
+                 corrupted_tokens: Int[Tensor, "batch pos"],  # corrupted token ids `[batch, pos]`
+                 *others: tuple[str, Tensor],
+                ):
     "Check token batches `[batch, pos]` (and per-example vectors `(name, [batch])`) agree in shape; raise naming the fix."
     if not (isinstance(corrupted_tokens, Tensor) and corrupted_tokens.ndim == 2):
         raise ValueError(f"corrupted_tokens must be a [batch, pos] tensor of token ids, got "
@@ -130,7 +134,9 @@ def check_tokens(clean_tokens: Tensor | None, corrupted_tokens: Tensor, *others:
             raise ValueError(f"{name} has {None if t is None else len(t)} entries but there are {corrupted_tokens.shape[0]} "
                              f"prompts; pass one {name[:-1] if name.endswith('s') else name} per prompt")
 
-def check_hook_name(model: HookedTransformer, name: str) -> str:
+def check_hook_name(model: HookedTransformer,  # the model whose hooks are listed
+                    name: str,  # a TransformerLens hook name, e.g. `blocks.0.hook_resid_pre`
+                   ) -> str:
     "Return `name` if the model has that hook, else raise listing the closest hook names."
     if name not in model.hook_dict:
         close = difflib.get_close_matches(name, list(model.hook_dict), n=5, cutoff=0.6)
@@ -142,14 +148,18 @@ def check_hook_name(model: HookedTransformer, name: str) -> str:
 _MEMORY_MB = [256.0]
 
 @contextlib.contextmanager
-def memory_budget(mb: float):
+def memory_budget(mb: float,  # the budget in MiB (> 0)
+                 ):
     "Set the memory budget (MiB) the drop-in TransformerLens equivalents use, inside a `with` block."
     check(mb > 0, f"memory budget must be > 0 MiB, got {mb}")
     old, _MEMORY_MB[0] = _MEMORY_MB[0], mb
     try: yield
     finally: _MEMORY_MB[0] = old
 
-def rows_per_chunk(model: HookedTransformer, seq_len: int, memory_mb: float | None = None) -> int:
+def rows_per_chunk(model: HookedTransformer,  # the model (its config sets the activation sizes)
+                   seq_len: int,  # tokens per sequence
+                   memory_mb: float | None = None,  # budget in MiB (None: the current `memory_budget`)
+                  ) -> int:
     "How many sequences of `seq_len` tokens one forward may hold under `memory_mb` (estimate of peak activation bytes; >= 1)."
     c = model.cfg
     d_mlp = 0 if c.attn_only else (c.d_mlp or 4 * c.d_model)
@@ -360,17 +370,16 @@ def _align_clean(clean_act: Tensor, b: int, seq: int, setter: Callable, act_name
     return clean_act
 
 @torch.no_grad()
-def generic_activation_patch(
-    model: HookedTransformer,
-    corrupted_tokens: Tensor,  # Int[Tensor, "batch pos"]
-    clean_cache: ActivationCache,
-    patching_metric: Callable,  # Float[Tensor, "batch pos d_vocab"] -> Float[Tensor, ""]
-    patch_setter: Callable,  # (corrupted_activation, index, clean_activation) -> patched activation
-    activation_name: str,  # e.g. 'resid_pre', 'z'; the layer is the first index
-    index_axis_names: Optional[Sequence[str]] = None,  # axes to iterate over fully (fills index_df)
-    index_df: Optional[pd.DataFrame] = None,  # explicit indices, one row per patch (output is then flat)
-    return_index_df: bool = False,  # also return the index DataFrame
-):
+def generic_activation_patch(model: HookedTransformer,  # the model to patch
+                             corrupted_tokens: Tensor,  # the corrupted prompts' token ids `[batch, pos]` (or one prompt `[pos]`)
+                             clean_cache: ActivationCache,  # the clean run's cache (`model.run_with_cache`)
+                             patching_metric: Callable,  # Float[Tensor, "batch pos d_vocab"] -> Float[Tensor, ""]
+                             patch_setter: Callable,  # (corrupted_activation, index, clean_activation) -> patched activation
+                             activation_name: str,  # e.g. 'resid_pre', 'z'; the layer is the first index
+                             index_axis_names: Optional[Sequence[str]] = None,  # axes to iterate over fully (fills index_df)
+                             index_df: Optional[pd.DataFrame] = None,  # explicit indices, one row per patch (output is then flat)
+                             return_index_df: bool = False,  # also return the index DataFrame
+                            ):
     "Batched `transformer_lens.patching.generic_activation_patch`: same arguments, same result."
     if isinstance(corrupted_tokens, Tensor) and corrupted_tokens.ndim == 1: corrupted_tokens = corrupted_tokens[None]  # as TL's forward
     check_tokens(None, corrupted_tokens)
@@ -470,7 +479,11 @@ layer_head_dest_src_pos_pattern_patch_setter = tl_patching.layer_head_dest_src_p
 def _pad_heads(r: Tensor, n: int) -> Tensor:
     return torch.nn.functional.pad(r, (0, n - r.size(-1)))  # k/v under GQA have fewer heads: zero-padded as TransformerLens does
 
-def get_act_patch_attn_head_all_pos_every(model, corrupted_tokens, clean_cache, metric) -> Tensor:
+def get_act_patch_attn_head_all_pos_every(model: HookedTransformer,  # the model to patch
+                                          corrupted_tokens: Int[Tensor, "batch pos"],  # the corrupted prompts' token ids `[batch, pos]`
+                                          clean_cache: ActivationCache,  # the clean run's cache
+                                          metric: Callable,  # patched logits `[batch, pos, d_vocab]` -> a scalar
+                                         ) -> Float[Tensor, "5 n_layers n_heads"]:
     "Every head patched at every position, for output, query, key, value and pattern: `[5, n_layers, n_heads]`."
     out = get_act_patch_attn_head_out_all_pos(model, corrupted_tokens, clean_cache, metric)
     res = [out, get_act_patch_attn_head_q_all_pos(model, corrupted_tokens, clean_cache, metric)]
@@ -479,7 +492,11 @@ def get_act_patch_attn_head_all_pos_every(model, corrupted_tokens, clean_cache, 
     res.append(get_act_patch_attn_head_pattern_all_pos(model, corrupted_tokens, clean_cache, metric))
     return torch.stack(res, dim=0)
 
-def get_act_patch_attn_head_by_pos_every(model, corrupted_tokens, clean_cache, metric) -> Tensor:
+def get_act_patch_attn_head_by_pos_every(model: HookedTransformer,  # the model to patch
+                                         corrupted_tokens: Int[Tensor, "batch pos"],  # the corrupted prompts' token ids `[batch, pos]`
+                                         clean_cache: ActivationCache,  # the clean run's cache
+                                         metric: Callable,  # patched logits `[batch, pos, d_vocab]` -> a scalar
+                                        ) -> Float[Tensor, "5 n_layers pos n_heads"]:
     "Every head patched at each position, for output, query, key, value and pattern: `[5, n_layers, pos, n_heads]`."
     out = get_act_patch_attn_head_out_by_pos(model, corrupted_tokens, clean_cache, metric)
     res = [out, get_act_patch_attn_head_q_by_pos(model, corrupted_tokens, clean_cache, metric)]
@@ -488,13 +505,23 @@ def get_act_patch_attn_head_by_pos_every(model, corrupted_tokens, clean_cache, m
     res.append(get_act_patch_attn_head_pattern_by_pos(model, corrupted_tokens, clean_cache, metric).transpose(-1, -2))
     return torch.stack(res, dim=0)
 
-def get_act_patch_block_every(model, corrupted_tokens, clean_cache, metric) -> Tensor:
+def get_act_patch_block_every(model: HookedTransformer,  # the model to patch
+                              corrupted_tokens: Int[Tensor, "batch pos"],  # the corrupted prompts' token ids `[batch, pos]`
+                              clean_cache: ActivationCache,  # the clean run's cache
+                              metric: Callable,  # patched logits `[batch, pos, d_vocab]` -> a scalar
+                             ) -> Float[Tensor, "3 n_layers pos"]:
     "resid_pre, attn_out and mlp_out patching stacked: `[3, n_layers, pos]` (batched `get_act_patch_block_every`)."
     return torch.stack([f(model, corrupted_tokens, clean_cache, metric)
                         for f in (get_act_patch_resid_pre, get_act_patch_attn_out, get_act_patch_mlp_out)], dim=0)
 
 # %% ../nbs/04_patching.ipynb #907fbf13
-def tiny_model(n_layers: int = 2, d_model: int = 16, n_heads: int = 4, d_vocab: int = 23, seed: int = 0, **kw) -> HookedTransformer:
+def tiny_model(n_layers: int = 2,  # transformer blocks
+               d_model: int = 16,  # residual stream width
+               n_heads: int = 4,  # attention heads per layer
+               d_vocab: int = 23,  # vocabulary size
+               seed: int = 0,  # seed of the random weights
+               **kw,
+              ) -> HookedTransformer:
     "A small random HookedTransformer for tests and examples (any `HookedTransformerConfig` field via `kw`)."
     from transformer_lens import HookedTransformerConfig
     cfg = dict(n_layers=n_layers, d_model=d_model, n_heads=n_heads, d_head=d_model // n_heads, d_mlp=None if kw.get('attn_only') else 4 * d_model,
@@ -503,7 +530,11 @@ def tiny_model(n_layers: int = 2, d_model: int = 16, n_heads: int = 4, d_vocab: 
     return HookedTransformer(HookedTransformerConfig(**cfg)).eval()
 
 # %% ../nbs/04_patching.ipynb #17ad54c8
-def logit_diff_from_resid(model: HookedTransformer, resid: Tensor, answer_ids: Tensor, distractor_ids: Tensor) -> Tensor:
+def logit_diff_from_resid(model: HookedTransformer,  # the model whose final LN and unembedding are applied
+                          resid: Float[Tensor, "b pos d_model"],  # the final residual stream
+                          answer_ids: Int[Tensor, " b"],  # the answer token per row
+                          distractor_ids: Int[Tensor, " b"],  # the distractor token per row
+                         ) -> Float[Tensor, " b"]:
     "`logit(answer) - logit(distractor)` at the last position, from the final residual stream `[b, pos, d_model]` -> `[b]`."
     x = resid[:, -1:, :]
     if model.cfg.normalization_type is not None: x = model.ln_final(x)
@@ -516,19 +547,28 @@ def logit_diff_from_resid(model: HookedTransformer, resid: Tensor, answer_ids: T
     return logit(answer_ids) - logit(distractor_ids)
 
 @torch.no_grad()
-def prompt_logit_diff(model: HookedTransformer, tokens: Tensor, answer_ids: Tensor, distractor_ids: Tensor) -> Tensor:
+def prompt_logit_diff(model: HookedTransformer,  # the model to run
+                      tokens: Int[Tensor, "b pos"],  # token ids, BOS included
+                      answer_ids: Int[Tensor, " b"],  # the answer token per prompt
+                      distractor_ids: Int[Tensor, " b"],  # the distractor token per prompt
+                     ) -> Float[Tensor, " b"]:
     "Per-prompt logit difference at the last position of `tokens` `[b, pos]` -> `[b]`."
     with torch.no_grad():
         resid = model(tokens, stop_at_layer=model.cfg.n_layers)
     return logit_diff_from_resid(model, resid, answer_ids.to(resid.device), distractor_ids.to(resid.device))
 
-def n_site_heads(model: HookedTransformer, act: str) -> int:
+def n_site_heads(model: HookedTransformer,  # the model (its attention config)
+                 act: str,  # a head activation: 'z', 'q', 'k', 'v' or 'pattern'
+                ) -> int:
     "Heads of activation `act`: `n_key_value_heads` for k and v under grouped-query attention, else `n_heads`."
     c = model.cfg
     grouped = c.n_key_value_heads is not None and not c.ungroup_grouped_query_attention
     return c.n_key_value_heads if act in ('k', 'v') and grouped else c.n_heads
 
-def site_shape(model: HookedTransformer, site: str, seq: int) -> tuple[int, ...]:
+def site_shape(model: HookedTransformer,  # the model (layers and heads)
+               site: str,  # a key of `SITES`, e.g. 'resid_pre'
+               seq: int,  # the prompt length (tokens)
+              ) -> tuple[int, ...]:
     "Index shape of a site for prompts of `seq` tokens (after the example axis), e.g. `(n_layers, seq)` for 'resid_pre'."
     act, axes = SITES[site]
     ranges = dict(layer=model.cfg.n_layers, pos=seq, head=n_site_heads(model, act))
@@ -546,7 +586,10 @@ def _site_indices(model, site: str, seq: int) -> tuple[str, tuple[str, ...], lis
 
 METRICS = ('logit_diff', 'margin')  # named per-example metrics; a callable `(logits [r, pos, d_vocab], example_index [r]) -> [r]` also works
 
-def resolve_metric(metric, answer_ids: Tensor | None, distractor_ids: Tensor | None) -> Callable | None:
+def resolve_metric(metric,  # None/'logit_diff', 'margin', or a callable (logits [r, pos, d_vocab], example_index [r]) -> [r]
+                   answer_ids: Int[Tensor, " N"] | None,  # the answer token per prompt (needed by 'margin')
+                   distractor_ids: Int[Tensor, " N"] | None,  # the distractor token per prompt
+                  ) -> Callable | None:
     "A metric name or callable -> a per-example callable, or None for the built-in fast logit difference."
     if metric is None or metric == 'logit_diff': return None
     if callable(metric): return metric
@@ -565,17 +608,16 @@ def _check_site(model, site: str):
                          "(PatchingConfig(sites=...))")
 
 @torch.no_grad()
-def per_example_patch(
-    model: HookedTransformer,
-    clean_tokens: Tensor,  # Int[Tensor, "N pos"]
-    corrupted_tokens: Tensor,  # Int[Tensor, "N pos"], same shape
-    answer_ids: Tensor | None = None,  # Int[Tensor, "N"] (for the default logit-diff metric)
-    distractor_ids: Tensor | None = None,  # Int[Tensor, "N"]
-    site: str = 'resid_pre',  # a key of `SITES`
-    memory_mb: float = 256.0,  # budget per forward (see `rows_per_chunk`)
-    metric: Callable | str | None = None,  # None/'logit_diff', 'margin', or (logits [r, pos, d_vocab], example_index [r]) -> [r]
-    where: Tensor | None = None,  # optional bool `[N, *site shape]`: patch only these entries; the others keep the corrupted metric
-) -> Tensor:
+def per_example_patch(model: HookedTransformer,  # the model to patch
+                      clean_tokens: Int[Tensor, "N pos"],  # the clean prompts' token ids
+                      corrupted_tokens: Int[Tensor, "N pos"],  # the corrupted prompts' token ids, same shape
+                      answer_ids: Int[Tensor, " N"] | None = None,  # the answer token per prompt (for the default logit-diff metric)
+                      distractor_ids: Int[Tensor, " N"] | None = None,  # the distractor token per prompt
+                      site: str = 'resid_pre',  # a key of `SITES`
+                      memory_mb: float = 256.0,  # budget per forward (see `rows_per_chunk`)
+                      metric: Callable | str | None = None,  # None/'logit_diff', 'margin', or (logits [r, pos, d_vocab], example_index [r]) -> [r]
+                      where: Bool[Tensor, "N ..."] | None = None,  # optional bool `[N, *site shape]`: patch only these entries; the others keep the corrupted metric
+                     ) -> Float[Tensor, "N layer ..."]:
     "Patched metric per prompt and site: `[N, layer, pos]`, `[N, layer, head]` or `[N, layer, pos, head]`."
     check_tokens(clean_tokens, corrupted_tokens)
     if metric is None or isinstance(metric, str):
@@ -633,8 +675,13 @@ def per_example_patch(
             for jj, idx_i in enumerate(ids): out[(ex, *indices[idx_i])] = vals[jj]
     return out
 
-def metric_from_resid(model: HookedTransformer, resid: Tensor, example_index: Tensor, answer_ids: Tensor | None,
-                      distractor_ids: Tensor | None, metric: Callable | None = None) -> Tensor:
+def metric_from_resid(model: HookedTransformer,  # the model whose final LN and unembedding are applied
+                      resid: Float[Tensor, "r pos d_model"],  # the final residual stream of `r` runs
+                      example_index: Int[Tensor, " r"],  # which example (row of `answer_ids`) each run belongs to
+                      answer_ids: Int[Tensor, " N"] | None,  # the answer token per example
+                      distractor_ids: Int[Tensor, " N"] | None,  # the distractor token per example
+                      metric: Callable | None = None,  # None (the logit difference) or (logits [r, pos, d_vocab], example_index [r]) -> [r]
+                     ) -> Float[Tensor, " r"]:
     "Per-example metric `[r]` from the final residual stream `[r, pos, d_model]`: the logit difference (metric None) or `metric(logits, example_index)`."
     if metric is None: return logit_diff_from_resid(model, resid, answer_ids[example_index], distractor_ids[example_index])
     x = model.ln_final(resid) if model.cfg.normalization_type is not None else resid
@@ -650,7 +697,9 @@ def _check_per_example(v, n: int) -> Tensor:
 # %% ../nbs/04_patching.ipynb #d414d55c
 def degenerate_mask(clean: Tensor | np.ndarray,  # [N] clean metric
                     corrupted: Tensor | np.ndarray,  # [N] corrupted metric
-                    eps: float = 0.1, rel: float = 0.1) -> np.ndarray:
+                    eps: float = 0.1,  # smallest absolute clean − corrupted gap that counts
+                    rel: float = 0.1,  # smallest gap relative to |clean|
+                   ) -> np.ndarray:
     "`|clean − corrupted| < max(eps, rel·|clean|)`: where a rescue ratio's denominator is too small to mean anything `[N]`."
     c, x = (np.asarray(torch.as_tensor(t).detach().cpu(), dtype=np.float64) for t in (clean, corrupted))
     return ~(np.abs(c - x) >= np.maximum(eps, rel * np.abs(c)))  # NaN metrics are degenerate too
@@ -728,8 +777,13 @@ def _last_logits(model: HookedTransformer, tokens: Tensor, rows: int) -> Tensor:
     return torch.cat([model(tokens[s:s + rows].to(dev))[:, -1].float() for s in range(0, len(tokens), rows)])
 
 @torch.no_grad()
-def sweep(model: HookedTransformer, clean_tokens: Tensor, corrupted_tokens: Tensor, answer_ids: Tensor, distractor_ids: Tensor,
-          cfg: PatchingConfig = PatchingConfig()) -> SweepResult:
+def sweep(model: HookedTransformer,  # the model to patch
+          clean_tokens: Int[Tensor, "N pos"],  # the clean prompts' token ids (one length)
+          corrupted_tokens: Int[Tensor, "N pos"],  # the corrupted prompts' token ids, same shape
+          answer_ids: Int[Tensor, " N"],  # the answer token per prompt
+          distractor_ids: Int[Tensor, " N"],  # the distractor token per prompt
+          cfg: PatchingConfig = PatchingConfig(),  # sites, methods, metric, direction and budget
+         ) -> SweepResult:
     "Patch every site in `cfg.sites` for every prompt (exactly, or by attribution patching per `cfg.methods`) on `cfg.metric`, in `cfg.direction`; rescue scores."
     check_tokens(clean_tokens, corrupted_tokens, ('answer_ids', answer_ids), ('distractor_ids', distractor_ids))
     for s in cfg.sites: _check_site(model, s)
@@ -760,20 +814,28 @@ def sweep(model: HookedTransformer, clean_tokens: Tensor, corrupted_tokens: Tens
     return res
 
 # %% ../nbs/04_patching.ipynb #c1a9e0f2
-def site_label(model: HookedTransformer, site: str, index: Sequence[int]) -> str:
+def site_label(model: HookedTransformer,  # the model that was patched
+               site: str,  # a key of `SITES`
+               index: Sequence[int],  # the patch's index, layer first
+              ) -> str:
     "TransformerLens hook name plus index of one patch, e.g. `blocks.1.hook_resid_pre@pos5`."
     act, axes = SITES[site]
     name = tl_utils.get_act_name(act, layer=int(index[0]))
     return name + '@' + '.'.join(f'{ax}{int(i)}' for ax, i in zip(axes[1:], index[1:]))
 
-def site_kind(site: str, layer: int, early_layers: int) -> str:
+def site_kind(site: str,  # a key of `SITES`
+              layer: int,  # the site's layer
+              early_layers: int,  # residual sites in layers below this are 'early_resid'
+             ) -> str:
     "Failure-class kind of a site: 'head', 'attn', 'mlp', 'early_resid' or 'late_resid'."
     if site.startswith('head') or SITES.get(site, ('',))[0] in HEAD_ACTS: return 'head'
     if site == 'attn_out': return 'attn'
     if site == 'mlp_out': return 'mlp'
     return 'early_resid' if layer < early_layers else 'late_resid'
 
-def classify(model: HookedTransformer, res: SweepResult, cfg: PatchingConfig = PatchingConfig(),
+def classify(model: HookedTransformer,  # the model that was swept
+             res: SweepResult,  # `sweep` output
+             cfg: PatchingConfig = PatchingConfig(),  # the config the sweep ran with (its `early_layers`)
              canonical: Optional[Callable] = None,  # (site, index) -> (site, index) of the patch it is the same as (see `actlab.rescue`)
             ) -> pd.DataFrame:
     "Per prompt: metrics, `survives` (= `correct` on the corrupted run), rescue n/a reason, best patch site and rescue (failed runs only), failure class."
@@ -877,7 +939,10 @@ class PatchingResult:
 
 _PAIR_COLS = ('example_id', 'problem_id', 'corruption_type', 'family_kind', 'suffix_length', 'seq_len', 'prompt_clean', 'prompt_corrupted')
 
-def patch_pairs(model: HookedTransformer, pairs, cfg: PatchingConfig = PatchingConfig()) -> PatchingResult:
+def patch_pairs(model: HookedTransformer,  # the model to patch
+                pairs,  # an `actlab.tasks.PairSet`
+                cfg: PatchingConfig = PatchingConfig(),  # sites, methods, metric, direction and budget
+               ) -> PatchingResult:
     "Phase B: sweep every equal-length group of `pairs` (an `actlab.tasks.PairSet`), find the sites that are the same patch, classify every example."
     from actlab.rescue import site_aliases, canonical_index
     groups, parts = [], []
@@ -962,29 +1027,45 @@ def _panels_figure(panels: list[tuple[str, dict]], kind: str, title: str, width:
     fig.update_annotations(font_size=11)
     return fig
 
-def heatmap_layer_pos(result: PatchingResult, site: str = 'resid_pre', family: str | None = None, suffix_length: int | None = None,
-                      kind: str = 'rescue'):
+def heatmap_layer_pos(result: PatchingResult,  # a `PatchingResult` (`patch_pairs`)
+                      site: str = 'resid_pre',  # a `[layer, pos]` site type, e.g. 'resid_pre'
+                      family: str | None = None,  # one corruption family (None: all)
+                      suffix_length: int | None = None,  # one suffix length (None: all)
+                      kind: str = 'rescue',  # 'rescue' or 'patched'
+                     ):
     "Plotly heatmaps (mean, std) of a `[layer, pos]` site over one family's examples (None: all), positions aligned at the end."
     pnl = _layer_pos_panel(result, site, kind, _filters(family, suffix_length))
     sfx = f', suffix {suffix_length}' if suffix_length is not None else ''
     return _panels_figure([(family or 'all families', pnl)], kind, f'{site} {kind}{sfx}', 950)
 
-def heatmap_layer_pos_by_family(result: PatchingResult, site: str = 'resid_pre', suffix_length: int | None = None, kind: str = 'rescue',
-                                families: Sequence[str] | None = None):
+def heatmap_layer_pos_by_family(result: PatchingResult,  # a `PatchingResult` (`patch_pairs`)
+                                site: str = 'resid_pre',  # a `[layer, pos]` site type, e.g. 'resid_pre'
+                                suffix_length: int | None = None,  # one suffix length (None: all)
+                                kind: str = 'rescue',  # 'rescue' or 'patched'
+                                families: Sequence[str] | None = None,  # families to show, one row each (None: all)
+                               ):
     "`heatmap_layer_pos` with one row per corruption family (default: every family in the result)."
     families = list(families) if families is not None else sorted(result.df.corruption_type.unique())
     panels = [(f, _layer_pos_panel(result, site, kind, _filters(f, suffix_length))) for f in families]
     sfx = f', suffix {suffix_length}' if suffix_length is not None else ''
     return _panels_figure(panels, kind, f'{site} {kind} by family{sfx}', 950)
 
-def heatmap_layer_head(result: PatchingResult, family: str | None = None, suffix_length: int | None = None, kind: str = 'rescue',
-                       site: str = 'head'):
+def heatmap_layer_head(result: PatchingResult,  # a `PatchingResult` (`patch_pairs`)
+                       family: str | None = None,  # one corruption family (None: all)
+                       suffix_length: int | None = None,  # one suffix length (None: all)
+                       kind: str = 'rescue',  # 'rescue' or 'patched'
+                       site: str = 'head',  # a `[layer, head]` site type, e.g. 'head'
+                      ):
     "Plotly heatmaps (mean, std) of per-head patching (all positions) over one family's examples (None: all)."
     return _panels_figure([(family or 'all families', _layer_head_panel(result, site, kind, _filters(family, suffix_length)))],
                           kind, f'{site} {kind}', 700)
 
-def heatmap_layer_head_by_family(result: PatchingResult, suffix_length: int | None = None, kind: str = 'rescue', site: str = 'head',
-                                 families: Sequence[str] | None = None):
+def heatmap_layer_head_by_family(result: PatchingResult,  # a `PatchingResult` (`patch_pairs`)
+                                 suffix_length: int | None = None,  # one suffix length (None: all)
+                                 kind: str = 'rescue',  # 'rescue' or 'patched'
+                                 site: str = 'head',  # a `[layer, head]` site type, e.g. 'head'
+                                 families: Sequence[str] | None = None,  # families to show, one row each (None: all)
+                                ):
     "`heatmap_layer_head` with one row per corruption family (default: every family in the result)."
     families = list(families) if families is not None else sorted(result.df.corruption_type.unique())
     return _panels_figure([(f, _layer_head_panel(result, site, kind, _filters(f, suffix_length))) for f in families],

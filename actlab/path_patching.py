@@ -6,15 +6,20 @@
 from __future__ import annotations
 import re
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 import torch
+from jaxtyping import Float, Int
 from torch import Tensor
 from transformer_lens import HookedTransformer
 import transformer_lens.utils as tl_utils
 
 from .patching import check_tokens, rows_per_chunk, metric_from_resid, resolve_metric, n_site_heads, _hooked, _did_you_mean
+if TYPE_CHECKING:  # names used only in string annotations
+    import pandas as pd
+    from actlab.metrics import Claim
+
 
 # %% auto #0
 __all__ = ['senders_of', 'receivers_of', 'PathPatchResult', 'path_patch', 'path_patch_naive', 'path_matrix', 'heatmap_paths',
@@ -22,7 +27,9 @@ __all__ = ['senders_of', 'receivers_of', 'PathPatchResult', 'path_patch', 'path_
            'reader_heads_by_family']
 
 # %% ../nbs/04b_path_patching.ipynb #96e11724
-def senders_of(model: HookedTransformer, kinds: Sequence[str] = ('head', 'mlp')) -> list[str]:
+def senders_of(model: HookedTransformer,  # the model whose heads and MLPs are listed
+               kinds: Sequence[str] = ('head', 'mlp'),  # which senders: 'head' and/or 'mlp'
+              ) -> list[str]:
     "Every sender of `model` in layer order: heads `L{l}H{h}` and MLPs `MLP{l}` (kinds: 'head', 'mlp')."
     bad = [k for k in kinds if k not in ('head', 'mlp')]
     if bad: raise ValueError(f"unknown sender kind {bad}; choose from ['head', 'mlp']")
@@ -32,7 +39,10 @@ def senders_of(model: HookedTransformer, kinds: Sequence[str] = ('head', 'mlp'))
         if 'mlp' in kinds and not model.cfg.attn_only: out.append(f'MLP{l}')
     return out
 
-def receivers_of(model: HookedTransformer, inputs: Sequence[str] = ('q', 'k', 'v'), final: bool = True) -> list[str]:
+def receivers_of(model: HookedTransformer,  # the model whose heads are listed
+                 inputs: Sequence[str] = ('q', 'k', 'v'),  # which head inputs: 'q', 'k' and/or 'v'
+                 final: bool = True,  # also the final residual stream ('resid_final')
+                ) -> list[str]:
     "Every receiver grouped by layer: `L{l}H{h}.{q|k|v}` for each input in `inputs`, then `resid_final` if `final`."
     bad = [x for x in inputs if x not in ('q', 'k', 'v')]
     if bad: raise ValueError(f"unknown receiver input {bad}; choose from ['q', 'k', 'v']")
@@ -86,18 +96,17 @@ def _run_cached(model, tokens: Tensor, names: set[str], start_at_layer: int | No
 
 # %% ../nbs/04b_path_patching.ipynb #e797ca79
 @torch.no_grad()
-def path_patch(
-    model: HookedTransformer,
-    clean_tokens: Tensor,  # Int[Tensor, "N pos"]
-    corrupted_tokens: Tensor,  # Int[Tensor, "N pos"], same shape
-    answer_ids: Tensor | None = None,  # Int[Tensor, "N"] (for the default logit-difference metric)
-    distractor_ids: Tensor | None = None,  # Int[Tensor, "N"]
-    senders: Sequence[str] | None = None,  # e.g. ['L0H1', 'MLP0'] (None: `senders_of(model)`)
-    receivers: Sequence[str] | None = None,  # e.g. ['L1H0.q', 'resid_final'] (None: `receivers_of(model)`)
-    freeze: str = 'heads',  # 'heads': other heads frozen at their corrupted values, MLPs recompute (Wang et al.); 'all': direct paths only
-    memory_mb: float = 256.0,  # budget per forward (see `actlab.patching.rows_per_chunk`)
-    metric: Callable | str | None = None,  # as `per_example_patch`: None/'logit_diff', 'margin' or (logits, example_index) -> [r]
-) -> PathPatchResult:
+def path_patch(model: HookedTransformer,  # the model to patch
+               clean_tokens: Int[Tensor, "N pos"],  # the clean prompts' token ids
+               corrupted_tokens: Int[Tensor, "N pos"],  # the corrupted prompts' token ids, same shape
+               answer_ids: Int[Tensor, " N"] | None = None,  # the answer token per prompt (for the default logit-difference metric)
+               distractor_ids: Int[Tensor, " N"] | None = None,  # the distractor token per prompt
+               senders: Sequence[str] | None = None,  # e.g. ['L0H1', 'MLP0'] (None: `senders_of(model)`)
+               receivers: Sequence[str] | None = None,  # e.g. ['L1H0.q', 'resid_final'] (None: `receivers_of(model)`)
+               freeze: str = 'heads',  # 'heads': other heads frozen at their corrupted values, MLPs recompute (Wang et al.); 'all': direct paths only
+               memory_mb: float = 256.0,  # budget per forward (see `actlab.patching.rows_per_chunk`)
+               metric: Callable | str | None = None,  # as `per_example_patch`: None/'logit_diff', 'margin' or (logits, example_index) -> [r]
+              ) -> PathPatchResult:
     "Path-patched metric per example, sender and receiver, `[N, sender, receiver]` (denoising: clean sender into the corrupted run)."
     check_tokens(clean_tokens, corrupted_tokens)
     if metric is None or isinstance(metric, str):
@@ -197,8 +206,15 @@ def path_patch(
 
 # %% ../nbs/04b_path_patching.ipynb #970c5217
 @torch.no_grad()
-def path_patch_naive(model: HookedTransformer, clean_tokens: Tensor, corrupted_tokens: Tensor, answer_ids: Tensor, distractor_ids: Tensor,
-                     senders: Sequence[str] | None = None, receivers: Sequence[str] | None = None, freeze: str = 'heads') -> Tensor:
+def path_patch_naive(model: HookedTransformer,  # the model to patch
+                     clean_tokens: Int[Tensor, "N pos"],  # the clean prompts' token ids
+                     corrupted_tokens: Int[Tensor, "N pos"],  # the corrupted prompts' token ids, same shape
+                     answer_ids: Int[Tensor, " N"],  # the answer token per prompt
+                     distractor_ids: Int[Tensor, " N"],  # the distractor token per prompt
+                     senders: Sequence[str] | None = None,  # e.g. ['L0H1', 'MLP0'] (None: `senders_of(model)`)
+                     receivers: Sequence[str] | None = None,  # e.g. ['L1H0.q', 'resid_final'] (None: `receivers_of(model)`)
+                     freeze: str = 'heads',  # 'heads' (other heads frozen, MLPs recompute) or 'all' (direct paths only)
+                    ) -> Float[Tensor, "N sender receiver"]:
     "Path patching by the definition, one example, sender and receiver at a time (logit difference): `[N, sender, receiver]`."
     senders = senders_of(model) if senders is None else list(senders)
     receivers = receivers_of(model) if receivers is None else list(receivers)
@@ -241,7 +257,10 @@ def path_patch_naive(model: HookedTransformer, clean_tokens: Tensor, corrupted_t
     return out
 
 # %% ../nbs/04b_path_patching.ipynb #34c4ef3d
-def path_matrix(res: PathPatchResult, kind: str = 'effect', eps: float = 0.1) -> np.ndarray:
+def path_matrix(res: PathPatchResult,  # `path_patch` output
+                kind: str = 'effect',  # 'effect' (patched − corrupted), 'patched' or 'rescue' (effect / (clean − corrupted))
+                eps: float = 0.1,  # examples whose |clean − corrupted| is below this are left out of 'rescue'
+               ) -> np.ndarray:
     "Mean over examples, `[sender, receiver]`: 'effect' (`patched - corrupted`), 'patched', or 'rescue' (effect / (clean - corrupted))."
     if kind == 'patched': v = res.patched
     elif kind == 'effect': v = res.effect
@@ -253,7 +272,11 @@ def path_matrix(res: PathPatchResult, kind: str = 'effect', eps: float = 0.1) ->
     else: raise ValueError(f"kind must be 'effect', 'patched' or 'rescue', got {kind!r}")
     return v.mean(0).cpu().numpy()
 
-def heatmap_paths(res: PathPatchResult, kind: str = 'effect', eps: float = 0.1, title: str | None = None):
+def heatmap_paths(res: PathPatchResult,  # `path_patch` output
+                  kind: str = 'effect',  # 'effect' (patched − corrupted), 'patched' or 'rescue' (effect / (clean − corrupted))
+                  eps: float = 0.1,  # examples whose |clean − corrupted| is below this are left out of 'rescue'
+                  title: str | None = None,  # the figure title (None: one naming `kind`)
+                 ):
     "Plotly heatmap of `path_matrix(res, kind)`: senders x receivers, receivers grouped by layer."
     import plotly.graph_objects as go
     z = path_matrix(res, kind, eps)
@@ -273,7 +296,10 @@ def heatmap_paths(res: PathPatchResult, kind: str = 'effect', eps: float = 0.1, 
     return fig
 
 # %% ../nbs/04b_path_patching.ipynb #522c86d4
-def path_table(res: PathPatchResult, kind: str = 'effect', eps: float = 0.1) -> 'pd.DataFrame':
+def path_table(res: PathPatchResult,  # `path_patch` output
+               kind: str = 'effect',  # 'effect' (patched − corrupted), 'patched' or 'rescue' (effect / (clean − corrupted))
+               eps: float = 0.1,  # examples whose |clean − corrupted| is below this are left out of 'rescue'
+              ) -> 'pd.DataFrame':
     "One row per path: sender, receiver (layer, head, input), mean and std over examples of `kind`, n; largest |mean| first."
     import pandas as pd
     if kind not in ('effect', 'patched', 'rescue'): raise ValueError(f"kind must be 'effect', 'patched' or 'rescue', got {kind!r}")
@@ -305,11 +331,11 @@ class HeadPaths:
     receiver: str = 'resid_final'
     metric: str = 'margin'
 
-def head_paths(model: HookedTransformer,
+def head_paths(model: HookedTransformer,  # the model to patch
                pairs,  # an `actlab.tasks.PairSet` (e.g. the failed OOD runs and their controls)
                receiver: str = 'resid_final',  # where each head's path ends: 'resid_final' or a head input 'L{l}H{h}.q'/.k/.v
                freeze: str = 'heads',  # as `path_patch`
-               memory_mb: float = 256.0,
+               memory_mb: float = 256.0,  # budget per forward (see `actlab.patching.rows_per_chunk`)
                progress: bool = False,  # a tqdm bar over the equal-length groups
               ) -> HeadPaths:
     "Path rescue of every head (sender) through `receiver`, per example, under the margin: `[N, head]` plus the pairs' columns."
@@ -352,10 +378,13 @@ def _family_rows(hp: HeadPaths, family: str | None, example_ids=None) -> np.ndar
 def _groups(hp: HeadPaths) -> np.ndarray:
     return hp.df['problem_id' if 'problem_id' in hp.df else 'prompt_clean'].to_numpy()
 
-def reader_head_table(hp: HeadPaths,
+def reader_head_table(hp: HeadPaths,  # `head_paths` output
                       family: str | None = None,  # one corruption family (None: every failed run)
                       example_ids=None,  # restrict to these examples (e.g. the selection half)
-                      n_boot: int = 1000, alpha: float = 0.05, seed: int = 0) -> 'pd.DataFrame':
+                      n_boot: int = 1000,  # bootstrap resamples per head
+                      alpha: float = 0.05,  # 1 − the interval's coverage
+                      seed: int = 0,  # seed of the resampling
+                     ) -> 'pd.DataFrame':
     "Heads ranked by median path rescue on the family's failed runs, with a bootstrap interval by clean problem."
     import pandas as pd
     from actlab.rescue import _bootstrap_columns
@@ -368,7 +397,10 @@ def reader_head_table(hp: HeadPaths,
     return t.sort_values(['median_rescue', 'head'], ascending=[False, True], na_position='last', ignore_index=True)
 
 # %% ../nbs/04b_path_patching.ipynb #rh000009
-def plot_reader_heads(hp: HeadPaths, families: Sequence[str] | None = None, n_boot: int = 0):
+def plot_reader_heads(hp: HeadPaths,  # `head_paths` output
+                      families: Sequence[str] | None = None,  # the families shown, one panel each (None: every family with failed runs)
+                      n_boot: int = 0,  # bootstrap resamples passed to `reader_head_table` (the panels show medians)
+                     ):
     "Median path rescue per head (layer x head) on each family's failed runs, one panel per family, n in the titles."
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
@@ -392,10 +424,11 @@ def plot_reader_heads(hp: HeadPaths, families: Sequence[str] | None = None, n_bo
     return fig
 
 # %% ../nbs/04b_path_patching.ipynb #rh000011
-def reader_head_claim(hp: HeadPaths,
+def reader_head_claim(hp: HeadPaths,  # `head_paths` output
                       family: str,  # the corruption family the claim is about
                       seed: int = 0,  # the split into halves and the random control heads
-                      n_boot: int = 2000, alpha: float = 0.05,
+                      n_boot: int = 2000,  # bootstrap resamples
+                      alpha: float = 0.05,  # 1 − the interval's coverage
                       min_n: int = 10,  # fewer scored failures than this: the claim does not hold
                       control: str = 'same_layer',  # 'same_layer': a random other head of the chosen head's layer; 'any': any other head
                      ) -> 'Claim':
@@ -430,9 +463,10 @@ def reader_head_claim(hp: HeadPaths,
                  f"restores the other half's failed runs more than a random {'head of its layer' if control == 'same_layer' else 'head'} "
                  f"(median paired difference of path rescue, {hp.metric})", holds, ev)
 
-def reader_heads_by_family(hp: HeadPaths,
+def reader_heads_by_family(hp: HeadPaths,  # `head_paths` output
                            families: Sequence[str] | None = None,  # default: every OOD family with failed runs
-                           **kw) -> tuple[list, 'pd.DataFrame']:
+                           **kw,
+                          ) -> tuple[list, 'pd.DataFrame']:
     "`reader_head_claim` for each family, and one table row per family: the chosen head, its held-out rescue and interval, the verdict."
     import pandas as pd
     if families is None:

@@ -24,7 +24,7 @@ def _key_label(hook_name: str, pos, head) -> str:
     parts = ([f'pos{int(pos)}'] if pd.notna(pos) else []) + ([f'head{int(head)}'] if pd.notna(head) else [])
     return hook_name + '@' + '.'.join(parts)
 
-def site_matrix(result: PatchingResult,
+def site_matrix(result: PatchingResult,  # a `PatchingResult` (`patch_pairs`)
                 kind: str = 'rescue',  # 'rescue' or 'patched'
                ) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
     """Every site entry of every swept site type as one column: `(keys, values [N, R], example_ids [N])`. Positions are
@@ -50,7 +50,7 @@ def site_matrix(result: PatchingResult,
 _CANON_ORDER = ('head', 'q', 'k', 'v', 'pattern', 'head_by_pos', 'q_by_pos', 'k_by_pos', 'v_by_pos', 'pattern_by_pos',
                 'attn_out', 'mlp_out', 'resid_mid', 'resid_pre')
 
-def site_aliases(result: PatchingResult,
+def site_aliases(result: PatchingResult,  # a `PatchingResult` (`patch_pairs`)
                  tol: float | None = None,  # max |difference| of the patched metric on every example (None: `result.cfg.alias_tol`)
                 ) -> pd.DataFrame:
     """One row per site entry (`site_matrix` keys) with `canonical`, the label of the distinct patch it is: two entries are
@@ -83,7 +83,9 @@ def site_aliases(result: PatchingResult,
     out['n_aliases'] = out.groupby('canonical').label.transform('size') - 1
     return out
 
-def canonical_index(aliases: pd.DataFrame, seq: int) -> Callable:
+def canonical_index(aliases: pd.DataFrame,  # `site_aliases` output
+                    seq: int,  # the prompt length (tokens) of the group
+                   ) -> Callable:
     "For prompts of `seq` tokens: `(site, index) -> (site, index)` of the canonical patch (`classify`'s `canonical`)."
     by_label = aliases.set_index('label')
     key = {}
@@ -129,7 +131,7 @@ def _bootstrap_columns(V: np.ndarray,  # [n, R] values, NaN where missing
         out[cols, 1], out[cols, 2] = np.quantile(boots, [alpha / 2, 1 - alpha / 2], axis=0)
     return out
 
-def eligible(result: PatchingResult,
+def eligible(result: PatchingResult,  # a `PatchingResult` (`patch_pairs`)
              family_kind: str | Sequence[str] | None = 'ood',  # keep these family kinds (None: all; never pool controls into OOD)
              example_ids: Sequence[int] | None = None,  # and only these examples (e.g. one half of `split_halves`)
             ) -> np.ndarray:
@@ -142,10 +144,12 @@ def eligible(result: PatchingResult,
     if example_ids is not None: keep &= df.example_id.isin(list(example_ids)).to_numpy()
     return keep
 
-def site_table(result: PatchingResult,
+def site_table(result: PatchingResult,  # a `PatchingResult` (`patch_pairs`)
                family_kind: str | Sequence[str] | None = 'ood',  # which failures rank the sites ('ood': the OOD families only)
                example_ids: Sequence[int] | None = None,  # restrict to these examples (e.g. the selection half)
-               n_boot: int = 1000, alpha: float = 0.05, seed: int = 0,
+               n_boot: int = 1000,  # bootstrap resamples per site
+               alpha: float = 0.05,  # 1 − the interval's coverage
+               seed: int = 0,  # seed of the resampling
                all_entries: bool = False,  # keep the aliases as rows too (default: one row per distinct patch)
               ) -> pd.DataFrame:
     """Sites ranked by **median rescue over failed, non-degenerate runs**, with a bootstrap interval resampled by
@@ -174,11 +178,12 @@ def site_table(result: PatchingResult,
             'noop', 'canonical', 'metric', 'direction']
     return t[cols].sort_values(['score', 'label'], ascending=[False, True], na_position='last', ignore_index=True)
 
-def top_sites(result: PatchingResult,
-              k: int = 3,
+def top_sites(result: PatchingResult,  # a `PatchingResult` (`patch_pairs`)
+              k: int = 3,  # how many distinct patches to return
               site: str | Sequence[str] | None = None,  # only these site types (keys of `SITES`), e.g. 'head'
               table: pd.DataFrame | None = None,  # a `site_table` already computed (else computed with `kw`)
-              **kw) -> pd.DataFrame:
+              **kw,
+             ) -> pd.DataFrame:
     "The `k` distinct patches with the highest median rescue on failed runs (rows of `site_table`)."
     t = table if table is not None else site_table(result, **kw)
     if site is not None:
@@ -190,12 +195,13 @@ def top_sites(result: PatchingResult,
 # %% ../nbs/04d_rescue.ipynb #c4f4b457
 CONTROLS = ('same_type', 'same_position')
 
-def site_rescue_claim(result: PatchingResult,
+def site_rescue_claim(result: PatchingResult,  # a `PatchingResult` (`patch_pairs`)
                       site: str | None = None,  # the site type to select from (a key of `SITES`, e.g. 'head'); None: every swept type
                       k: int = 1,  # how many top sites are selected (the claim must hold for each)
                       family_kind: str | Sequence[str] = 'ood',  # the failures it is about
                       seed: int = 0,  # the split into halves and the random control sites
-                      n_boot: int = 2000, alpha: float = 0.05,
+                      n_boot: int = 2000,  # bootstrap resamples
+                      alpha: float = 0.05,  # 1 − the interval's coverage
                       min_n: int = 10,  # fewer scored failures than this: the claim does not hold (too little to say)
                       control: str = 'same_type',  # 'same_type': any distinct patch of the site type; 'same_position': of the type at the selected position
                      ) -> Claim:

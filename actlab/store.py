@@ -38,18 +38,24 @@ class StoreLockedError(StoreError):
 class StoreDamagedError(StoreError):
     "A shard is missing, extra, truncated or corrupt, or the manifest is unreadable; the message names the file and the repair."
 
-def shard_name(j: int, worker: int = 0, n_workers: int = 1) -> str:
+def shard_name(j: int,  # the shard's number within its worker
+               worker: int = 0,  # the worker that wrote it (0-based)
+               n_workers: int = 1,  # how many workers write the store
+              ) -> str:
     "File name of shard `j` written by `worker` of `n_workers`."
     return f'train-w{worker:03d}of{n_workers:03d}-{j:05d}.parquet'
 
 # %% ../nbs/05_store.ipynb #aa30ba25
-def to_arrow(x: np.ndarray) -> pa.FixedSizeListArray:
+def to_arrow(x: np.ndarray,  # an array `[rows, *shape]`
+            ) -> pa.FixedSizeListArray:
     "An array `[rows, *shape]` as a fixed-size-list column with `prod(shape)` values per row."
     x = np.ascontiguousarray(x)
     width = int(np.prod(x.shape[1:])) if x.ndim > 1 else 1
     return pa.FixedSizeListArray.from_arrays(pa.array(x.reshape(-1)), width)
 
-def from_arrow(col: pa.ChunkedArray | pa.Array, shape: Sequence[int] = ()) -> np.ndarray:
+def from_arrow(col: pa.ChunkedArray | pa.Array,  # a fixed-size-list column (e.g. from `to_arrow`)
+               shape: Sequence[int] = (),  # the per-row shape (`()`: the flat width)
+              ) -> np.ndarray:
     "A fixed-size-list column as an array `[rows, *shape]` (`shape` defaults to the flat width)."
     chunks = col.chunks if isinstance(col, pa.ChunkedArray) else [col]
     width = col.type.list_size
@@ -68,7 +74,10 @@ def _flat(d: dict, prefix: str = '') -> dict:
         else: out[f'{prefix}{k}'] = v
     return out
 
-def config_diff(old: dict, new: dict, limit: int = 8) -> list[str]:
+def config_diff(old: dict,  # the stored config (nested dicts are flattened to dotted keys)
+                new: dict,  # the requested config
+                limit: int = 8,  # at most this many lines (then a count of the rest)
+               ) -> list[str]:
     "Lines `key: old -> new` for the (flattened) keys whose values differ."
     a, b = _flat(old), _flat(new)
     first = [k.split('.')[0] for k in (list(old) + [k for k in new if k not in old])]  # keep the dicts' key order
@@ -562,7 +571,8 @@ class ActivationStore:
 # %% ../nbs/05_store.ipynb #3a2eefc1
 def combine(parts: Sequence[str | Path],  # the worker store folders
             out: str | Path,  # the combined store folder (new or empty)
-            overwrite: bool = False) -> ActivationStore:
+            overwrite: bool = False,  # replace `out` if it already holds a store
+           ) -> ActivationStore:
     "Combine complete worker stores (`shard i of n`) of one config into one store at `out` (built in a temporary folder, then renamed)."
     out = Path(out)
     for p in parts:  # the output must never be (or contain, or sit inside) one of the inputs: overwrite would delete it

@@ -104,7 +104,8 @@ class Problem:
         problem, cue = TEMPLATES[self.op][template]
         return ' '.join([problem.format(a=self.a, b=self.b), *suffix, cue])
 
-def all_problems(cfg: TaskConfig) -> list[Problem]:
+def all_problems(cfg: TaskConfig,  # the task: operations and operand range
+                ) -> list[Problem]:
     "Every problem of the configured operations and operand range."
     r = range(cfg.operand_max + 1)
     return [Problem(op, a, b) for op in cfg.operations for a in r for b in r if op != 'sub' or a >= b]
@@ -112,7 +113,8 @@ def all_problems(cfg: TaskConfig) -> list[Problem]:
 # %% ../nbs/01_tasks.ipynb #c4d935c5
 SPECIAL_TOKENS = ['[PAD]', '[UNK]', '[BOS]']
 
-def task_vocabulary(cfg: TaskConfig) -> list[str]:
+def task_vocabulary(cfg: TaskConfig,  # the task: its numbers go up to `cfg.max_number`
+                   ) -> list[str]:
     "All words of the task, in a fixed order (special tokens first). `oov_like` words are deliberately left out."
     words = list(SPECIAL_TOKENS) + [str(i) for i in range(cfg.max_number + 1)]
     for templates in TEMPLATES.values():
@@ -121,7 +123,9 @@ def task_vocabulary(cfg: TaskConfig) -> list[str]:
         if fam != 'oov_like': words += pool
     return list(dict.fromkeys(words))
 
-def build_word_tokenizer(cfg: TaskConfig = TaskConfig(), save_dir: str | Path | None = None):
+def build_word_tokenizer(cfg: TaskConfig = TaskConfig(),  # the task whose vocabulary the tokenizer covers
+                         save_dir: str | Path | None = None,  # where the tokenizer is saved (None: a temporary folder)
+                        ):
     "A word-level tokenizer for the task's vocabulary, saved to `save_dir` (a temp folder if None) and reloaded from there."
     import tempfile
     from tokenizers import Tokenizer, models, pre_tokenizers, decoders
@@ -137,7 +141,10 @@ def build_word_tokenizer(cfg: TaskConfig = TaskConfig(), save_dir: str | Path | 
     return AutoTokenizer.from_pretrained(save_dir)
 
 # %% ../nbs/01_tasks.ipynb #fd10f32e
-def single_token_id(tokenizer, text: str, what: str = 'answer') -> int:
+def single_token_id(tokenizer,  # a Hugging Face tokenizer
+                    text: str,  # the word that must be one token
+                    what: str = 'answer',  # what `text` is, named in the error (e.g. 'answer')
+                   ) -> int:
     "The id of `text` if it is exactly one token for `tokenizer`, else a clear error."
     ids = tokenizer(text, add_special_tokens=False)['input_ids']
     if len(ids) != 1:
@@ -146,7 +153,9 @@ def single_token_id(tokenizer, text: str, what: str = 'answer') -> int:
                          f"{what}s: lower TaskConfig.operand_max so numbers stay single tokens, or use another tokenizer")
     return ids[0]
 
-def suffix_pools(tokenizer, families: Iterable[str]) -> dict[str, list[str]]:
+def suffix_pools(tokenizer,  # a Hugging Face tokenizer
+                 families: Iterable[str],  # suffix family names, keys of `SUFFIX_FAMILIES`
+                ) -> dict[str, list[str]]:
     "Per family, the words that are a single token (with a leading space) for `tokenizer`."
     pools = {}
     for fam in families:
@@ -172,7 +181,9 @@ def _answer_id(tokenizer, text: str, what: str) -> int:
                          "lower TaskConfig.operand_max, or build the tokenizer for this task config")
     return i
 
-def make_pairs(cfg: TaskConfig = TaskConfig(), tokenizer=None) -> 'PairSet':
+def make_pairs(cfg: TaskConfig = TaskConfig(),  # the task: operations, families, suffix lengths, examples per cell, seed
+               tokenizer=None,  # a Hugging Face tokenizer (None: `build_word_tokenizer(cfg)`)
+              ) -> 'PairSet':
     "Length-matched (ID control, corrupted) prompt pairs for every family x suffix length in `cfg`."
     tokenizer = tokenizer if tokenizer is not None else build_word_tokenizer(cfg)
     rng = random.Random(cfg.seed)
