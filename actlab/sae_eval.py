@@ -258,28 +258,31 @@ def recovery_summary(ex: pd.DataFrame,  # `example_recovery` output with a `prob
 # %% ../nbs/08b_sae_eval.ipynb #abd3eb89
 def heldout_eval(model,  # a HookedSAETransformer (`as_sae_transformer`)
                  sae,  # the SAE, trained without the held-out rows
-                 x_heldout: torch.Tensor,  # `[n, d_in]` held-out activations at the SAE's site (`store_vectors`)
+                 x_heldout: torch.Tensor | None,  # `[n, d_in]` held-out activations at the SAE's site (`store_vectors`); None: skip those metrics
                  pairs_heldout,  # the held-out pairs (a PairSet), for the task's logit-difference recovery
                  text_tokens: torch.Tensor | None = None,  # `[n, seq]` the LM's held-out text (corpus test split) for CE/KL
                  hook_name: str | None = None, positions: str = 'all',  # where the SAE is spliced (see splice_metrics)
                  dense_threshold: float = 0.1, flag_above: float = 1.05, max_dead: float = 0.1,
-                 n_boot: int = 1000, seed: int = 0) -> dict:
+                 n_boot: int = 1000, seed: int = 0,
+                 return_examples: bool = False):  # also return the per-example recovery frame
     "Held-out SAE metrics: L0, explained variance, dead/dense, CE/KL recovered on text, per-example task recovery (median + interval), flags."
-    m = sae_metrics(sae, x_heldout, dense_threshold=dense_threshold)
-    out = dict(n_vectors=int(m['n']), n_pairs=len(pairs_heldout), n_clean_prompts=int(pairs_heldout.df.problem_id.nunique()),
-               **{k: float(m[k]) for k in ('l0', 'explained_variance', 'mse', 'cossim', 'dead_fraction', 'dense_fraction')})
+    out = dict(n_pairs=len(pairs_heldout), n_clean_prompts=int(pairs_heldout.df.problem_id.nunique()))
+    if x_heldout is not None:
+        m = sae_metrics(sae, x_heldout, dense_threshold=dense_threshold)
+        out.update(n_vectors=int(m['n']), **{k: float(m[k]) for k in ('l0', 'explained_variance', 'mse', 'cossim', 'dead_fraction', 'dense_fraction')})
     if text_tokens is not None:
         sm = splice_metrics(model, sae, text_tokens, hook_name=hook_name, positions='all')
         out.update(text_tokens=int(text_tokens.numel()), **{k: float(v) for k, v in sm.items()})
     ld = logit_diff_recovery(model, sae, pairs_heldout, hook_name=hook_name, positions=positions)
     ld = ld.merge(pairs_heldout.df[['example_id', 'problem_id']], on='example_id', how='left')
-    rs = recovery_summary(example_recovery(ld), flag_above=flag_above, n_boot=n_boot, seed=seed)
+    ex = example_recovery(ld)
+    rs = recovery_summary(ex, flag_above=flag_above, n_boot=n_boot, seed=seed)
     out['task_recovery'], flags = rs['by_condition'], list(rs['flags'])
-    if out['dead_fraction'] >= max_dead:
+    if out.get('dead_fraction', 0.0) >= max_dead:
         flags.append(dict(metric='dead_fraction', value=out['dead_fraction'], threshold=max_dead,
                           explanation="latents that never fire on held-out vectors: more data, a smaller d_sae or a larger k"))
     out['flags'] = flags
-    return out
+    return (out, ex) if return_examples else out
 
 def heldout_claims(h: dict,  # `heldout_eval` output
                    max_dead: float = 0.1, recovery_range: tuple[float, float] = (0.9, 1.05), min_ce_recovered: float = 0.9) -> list:
@@ -289,8 +292,8 @@ def heldout_claims(h: dict,  # `heldout_eval` output
     lo, hi = recovery_range
     out = [Claim('sae_few_dead_latents', f'fewer than {max_dead:.0%} of the SAE latents never fire on held-out vectors',
                  bool(h['dead_fraction'] < max_dead), dict(dead_fraction=h['dead_fraction'], dense_fraction=h['dense_fraction'],
-                                                         n_vectors=h['n_vectors'])),
-           Claim('sae_keeps_task_logit_diff', f'with the SAE spliced in, the median held-out example keeps {lo}-{hi} of its '
+                                                         n_vectors=h['n_vectors']))] if 'dead_fraction' in h else []
+    out += [Claim('sae_keeps_task_logit_diff', f'with the SAE spliced in, the median held-out example keeps {lo}-{hi} of its '
                  'logit difference (per-example recovery against zero-ablation)',
                  bool(np.isfinite(tr['median']) and tr['n'] >= 10 and lo <= tr['ci_low'] and tr['ci_high'] <= hi),
                  dict(median=tr['median'], ci_low=tr['ci_low'], ci_high=tr['ci_high'], n=tr['n'], n_degenerate=tr['n_degenerate'],
