@@ -16,7 +16,8 @@ from sklearn.model_selection import GroupKFold, KFold, StratifiedKFold
 from .probes import ProbeConfig, group_index
 
 # %% auto #0
-__all__ = ['clean_prompt_groups', 'cv_splits', 'alpha_max', 'PathResult', 'regularization_path', 'plot_path', 'plot_head_heatmap']
+__all__ = ['clean_prompt_groups', 'cv_splits', 'alpha_max', 'PathResult', 'regularization_path', 'plot_path', 'plot_head_heatmap',
+           'probe_vs_majority_claim']
 
 # %% ../nbs/07b_probe_selection.ipynb #04761c71
 def clean_prompt_groups(df: pd.DataFrame, cols: Sequence[str] = ('op', 'a', 'b', 'template')) -> np.ndarray:
@@ -198,3 +199,38 @@ def plot_head_heatmap(norms,                  # per-head weight norms [n_layers 
                                hovertemplate='layer %{y} head %{x}: norm %{z:.3g}<extra></extra>'))
     fig.update_layout(title=title, height=120 + 40 * norms.shape[0], width=120 + 45 * norms.shape[1], yaxis_autorange='reversed')
     return fig
+
+# %% ../nbs/07b_probe_selection.ipynb #c81f8f7f
+def probe_vs_majority_claim(estimator: BaseEstimator,  # an unfitted classifier probe, e.g. `L1LogisticProbe()`
+                            X, y,  # activations [n, d], class labels [n] (e.g. `survives`)
+                            groups,  # the clean prompt of each row (rows of one prompt stay on one side)
+                            cfg: ProbeConfig = ProbeConfig(),
+                            what: str = 'the label',  # what `y` is, for the statement
+                            seed: int = 0, n_boot: int = 1000, alpha: float = 0.05,
+                            min_n: int = 20):  # fewer scored rows than this: the claim does not hold (too little to say)
+    "Claim: a probe fit on one half of the clean prompts predicts `y` on the other half better than that half's majority class."
+    from actlab.metrics import Claim, bootstrap_ci, split_halves
+    X, y, groups = np.asarray(X, np.float64), np.asarray(y), np.asarray(groups)
+    if not (len(X) == len(y) == len(groups)): raise ValueError(f"X, y and groups must have one row per example: {len(X)}, {len(y)}, {len(groups)}")
+    half = split_halves(groups, seed)
+    statement = f'a sparse probe predicts {what} on held-out clean prompts better than the majority class'
+    classes, counts = np.unique(y[half], return_counts=True)
+    base = dict(n_selection=int(half.sum()), n=int((~half).sum()), n_clean_prompts=int(len(np.unique(groups[~half]))), min_n=min_n)
+    if len(classes) < 2 or base['n'] == 0 or len(np.unique(groups[half])) < cfg.n_splits:
+        why = ('one class only in the selection half' if len(classes) < 2 else 'no scoring rows' if base['n'] == 0
+               else f'fewer clean prompts than n_splits={cfg.n_splits} in the selection half')
+        return Claim('probe_beats_majority', statement, False, dict(base, reason=why, classes=classes.tolist()))
+    majority = classes[np.argmax(counts)]
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore', UserWarning)  # StratifiedGroupKFold: the least populated class is small
+        path = regularization_path(estimator, X[half], y[half], groups[half], cfg=cfg)
+    right_probe = (path.estimator.predict(X[~half]) == y[~half]).astype(float)
+    right_major = (y[~half] == majority).astype(float)
+    g = groups[~half]
+    est, lo, hi = bootstrap_ci(right_probe - right_major, g, np.mean, n_boot, alpha, seed)
+    acc = bootstrap_ci(right_probe, g, np.mean, n_boot, alpha, seed)
+    holds = bool(base['n'] >= min_n and np.isfinite(lo) and lo > 0)
+    return Claim('probe_beats_majority', statement, holds,
+                 dict(base, probe=type(estimator).__name__, alpha=path.best_alpha, n_nonzero=int(path.n_nonzero[path.best_index]),
+                      probe_accuracy=acc[0], probe_accuracy_ci=[acc[1], acc[2]], majority_class=majority.item() if hasattr(majority, 'item') else majority,
+                      majority_accuracy=float(right_major.mean()), difference=est, ci_low=lo, ci_high=hi))

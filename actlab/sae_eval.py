@@ -16,9 +16,11 @@ from .core import Config, check
 from .saes import SAETrainConfig, train_sae, write_store
 
 # %% auto #0
-__all__ = ['splice', 'sae_metrics', 'plot_feature_density', 'splice_metrics', 'logit_diff_recovery', 'recovery_table',
-           'plot_recovery', 'as_sae_transformer', 'saelens_cross_check', 'synthetic_model', 'synthetic_store',
-           'ground_truth_eval', 'plot_feature_similarity', 'SweepConfig', 'failure_signs', 'sweep', 'plot_pareto']
+__all__ = ['RECOVERY_FLAG_EXPLANATION', 'splice', 'sae_metrics', 'plot_feature_density', 'splice_metrics', 'logit_diff_recovery',
+           'recovery_table', 'plot_recovery', 'as_sae_transformer', 'saelens_cross_check', 'grouped_holdout',
+           'store_vectors', 'example_recovery', 'recovery_summary', 'heldout_eval', 'heldout_claims', 'synthetic_model',
+           'synthetic_store', 'ground_truth_eval', 'plot_feature_similarity', 'SweepConfig', 'failure_signs', 'sweep',
+           'plot_pareto']
 
 # %% ../nbs/08b_sae_eval.ipynb #92c18be4
 def splice(model, sae):
@@ -200,6 +202,107 @@ def saelens_cross_check(model, sae, tokens: torch.Tensor, hook_name: str | None 
     t = pd.DataFrame(rows).set_index('metric')
     t['abs_diff'] = (t.ours - t.saelens).abs()
     return t
+
+# %% ../nbs/08b_sae_eval.ipynb #55e046e5
+def grouped_holdout(groups,  # the clean prompt (or problem id) of each row
+                    frac: float = 0.2,  # about this fraction of the groups is held out
+                    seed: int = 0) -> np.ndarray:
+    "A boolean mask, True for held-out rows: about `frac` of the groups, each group wholly on one side (hashed, so stable)."
+    import hashlib
+    check(0 < frac < 1, f"frac must be in (0, 1), got {frac}")
+    g = pd.Series(np.asarray(groups)).astype(str)
+    side = {c: int.from_bytes(hashlib.sha256(f'{seed}:holdout:{c}'.encode()).digest()[:8], 'big') / 2.0 ** 64 < frac
+            for c in pd.unique(g)}
+    return g.map(side).to_numpy(dtype=bool)
+
+def store_vectors(store,  # an ActivationStore
+                  site: str,  # the hook point (column)
+                  where=None,  # row filter (dict, or a function of the metadata, as in `ActivationStore.mask`)
+                  clean: bool = True) -> torch.Tensor:  # also the clean prompts' column `clean/<site>` when stored
+    "Every stored position's vector `[n_vectors, d_in]` of `site`, for the rows passing `where` (padding dropped)."
+    cols = [site] + ([f'clean/{site}'] if clean and f'clean/{site}' in store.columns else [])
+    parts = [x for c in cols for x in store.token_vectors(c, where)]
+    if not parts or sum(len(p) for p in parts) == 0: raise ValueError(f"no vectors of {site!r} pass the filter {where!r}")
+    return torch.from_numpy(np.concatenate(parts)).float()
+
+# %% ../nbs/08b_sae_eval.ipynb #0b7b2eb4
+RECOVERY_FLAG_EXPLANATION = (
+    "the median held-out example has a larger logit difference with the SAE spliced in than the model itself: the "
+    "reconstruction error is not neutral to the answer direction but adds to logit(answer) - logit(distractor), so the "
+    "'recovered' fraction overstates faithfulness (read CE/KL recovered and explained variance beside it)")
+
+def example_recovery(ld: pd.DataFrame,  # `logit_diff_recovery` output (one row per example and prompt kind)
+                     eps: float = 0.1, rel: float = 0.1) -> pd.DataFrame:
+    "`ld` with a per-row `frac_recovered` = (sae − zero) / (orig − zero), NaN where flagged `degenerate` (zero-ablation barely moves it)."
+    from actlab.patching import degenerate_mask
+    o, s, z = (ld[c].to_numpy(float) for c in ('ld_orig', 'ld_sae', 'ld_zero'))
+    deg = degenerate_mask(o, z, eps=eps, rel=rel)
+    return ld.assign(frac_recovered=np.where(deg, np.nan, (s - z) / np.where(deg, 1.0, o - z)), degenerate=deg)
+
+def recovery_summary(ex: pd.DataFrame,  # `example_recovery` output with a `problem_id` column (the clean prompt)
+                     flag_above: float = 1.05, n_boot: int = 1000, seed: int = 0) -> dict:
+    "Per condition (all, clean, corrupted, ood): the median per-example recovery with its bootstrap interval by clean prompt; flags."
+    from actlab.metrics import bootstrap_ci
+    conds = {'all': np.ones(len(ex), bool), 'clean': (ex.kind == 'clean').to_numpy(),
+             'corrupted': (ex.kind == 'corrupted').to_numpy(),
+             'ood': ((ex.kind == 'corrupted') & (ex.corruption_type != 'id_control')).to_numpy()}
+    out, flags = {}, []
+    for name, m in conds.items():
+        v = ex.frac_recovered.to_numpy(float)[m]
+        est, lo, hi = bootstrap_ci(v, ex.problem_id.to_numpy()[m], stat=np.median, n_boot=n_boot, seed=seed) if m.any() else (np.nan,) * 3
+        out[name] = dict(median=est, ci_low=lo, ci_high=hi, n=int(np.isfinite(v).sum()), n_degenerate=int(ex.degenerate.to_numpy()[m].sum()))
+        if np.isfinite(est) and est > flag_above:
+            flags.append(dict(metric=f'task_recovery.{name}', value=float(est), threshold=flag_above, explanation=RECOVERY_FLAG_EXPLANATION))
+    return dict(by_condition=out, flags=flags)
+
+# %% ../nbs/08b_sae_eval.ipynb #abd3eb89
+def heldout_eval(model,  # a HookedSAETransformer (`as_sae_transformer`)
+                 sae,  # the SAE, trained without the held-out rows
+                 x_heldout: torch.Tensor | None,  # `[n, d_in]` held-out activations at the SAE's site (`store_vectors`); None: skip those metrics
+                 pairs_heldout,  # the held-out pairs (a PairSet), for the task's logit-difference recovery
+                 text_tokens: torch.Tensor | None = None,  # `[n, seq]` the LM's held-out text (corpus test split) for CE/KL
+                 hook_name: str | None = None, positions: str = 'all',  # where the SAE is spliced (see splice_metrics)
+                 dense_threshold: float = 0.1, flag_above: float = 1.05, max_dead: float = 0.1,
+                 n_boot: int = 1000, seed: int = 0,
+                 return_examples: bool = False):  # also return the per-example recovery frame
+    "Held-out SAE metrics: L0, explained variance, dead/dense, CE/KL recovered on text, per-example task recovery (median + interval), flags."
+    out = dict(n_pairs=len(pairs_heldout), n_clean_prompts=int(pairs_heldout.df.problem_id.nunique()))
+    if x_heldout is not None:
+        m = sae_metrics(sae, x_heldout, dense_threshold=dense_threshold)
+        out.update(n_vectors=int(m['n']), **{k: float(m[k]) for k in ('l0', 'explained_variance', 'mse', 'cossim', 'dead_fraction', 'dense_fraction')})
+    if text_tokens is not None:
+        sm = splice_metrics(model, sae, text_tokens, hook_name=hook_name, positions='all')
+        out.update(text_tokens=int(text_tokens.numel()), **{k: float(v) for k, v in sm.items()})
+    ld = logit_diff_recovery(model, sae, pairs_heldout, hook_name=hook_name, positions=positions)
+    ld = ld.merge(pairs_heldout.df[['example_id', 'problem_id']], on='example_id', how='left')
+    ex = example_recovery(ld)
+    rs = recovery_summary(ex, flag_above=flag_above, n_boot=n_boot, seed=seed)
+    out['task_recovery'], flags = rs['by_condition'], list(rs['flags'])
+    if out.get('dead_fraction', 0.0) >= max_dead:
+        flags.append(dict(metric='dead_fraction', value=out['dead_fraction'], threshold=max_dead,
+                          explanation="latents that never fire on held-out vectors: more data, a smaller d_sae or a larger k"))
+    out['flags'] = flags
+    return (out, ex) if return_examples else out
+
+def heldout_claims(h: dict,  # `heldout_eval` output
+                   max_dead: float = 0.1, recovery_range: tuple[float, float] = (0.9, 1.05), min_ce_recovered: float = 0.9) -> list:
+    "Claims on an SAE's held-out metrics: few dead latents; the task's logit difference kept per example; the LM's loss recovered."
+    from actlab.metrics import Claim
+    tr = h['task_recovery']['all']
+    lo, hi = recovery_range
+    out = [Claim('sae_few_dead_latents', f'fewer than {max_dead:.0%} of the SAE latents never fire on held-out vectors',
+                 bool(h['dead_fraction'] < max_dead), dict(dead_fraction=h['dead_fraction'], dense_fraction=h['dense_fraction'],
+                                                         n_vectors=h['n_vectors']))] if 'dead_fraction' in h else []
+    out += [Claim('sae_keeps_task_logit_diff', f'with the SAE spliced in, the median held-out example keeps {lo}-{hi} of its '
+                 'logit difference (per-example recovery against zero-ablation)',
+                 bool(np.isfinite(tr['median']) and tr['n'] >= 10 and lo <= tr['ci_low'] and tr['ci_high'] <= hi),
+                 dict(median=tr['median'], ci_low=tr['ci_low'], ci_high=tr['ci_high'], n=tr['n'], n_degenerate=tr['n_degenerate'],
+                      flags=[f['metric'] for f in h['flags']]))]
+    if 'ce_loss_recovered' in h:
+        out.append(Claim('sae_recovers_lm_loss', f"the SAE spliced in recovers >= {min_ce_recovered} of the LM's next-token loss on held-out text",
+                         bool(h['ce_loss_recovered'] >= min_ce_recovered),
+                         dict(ce_loss_recovered=h['ce_loss_recovered'], kl_sae=h['kl_sae'], kl_zero=h['kl_zero'])))
+    return out
 
 # %% ../nbs/08b_sae_eval.ipynb #b864fbec
 def synthetic_model(num_features: int = 32, hidden_dim: int = 32, seed: int = 0, max_prob: float = 0.2, min_prob: float = 0.02,

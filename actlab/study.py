@@ -15,17 +15,20 @@ from tqdm.auto import tqdm
 
 from .core import Config, ConfigError, check, check_device, write_manifest, seed_everything, atomic_write, atomic_path, ensure_file
 from .tasks import TaskConfig, make_pairs
-from .models import load_model
-from .baseline import evaluate_pairs, condition_table, plot_conditions, plot_attribution, phenomenon_claims
+from .models import load_model, builtin_corpus
+from .metrics import split_halves
+from .baseline import (evaluate_pairs, condition_table, plot_conditions, plot_attribution, phenomenon_claims,
+                             decodability_by_layer, decodability_table, decodable_upstream_claim)
 from .patching import PatchingConfig, patch_pairs, heatmap_layer_pos_by_family, heatmap_layer_head
 from .extract import ExtractConfig, extract, top_sites
+from .rescue import site_rescue_claim
 from . import engine as _engine
 from .engine import EngineConfig
-from .probes import ProbeConfig, L1LogisticProbe
-from .probe_selection import regularization_path, plot_path, clean_prompt_groups
-from .ternary import ternary_labels
-from .saes import SAETrainConfig, StoreProvider, train_sae, load_sae, plot_history
-from .sae_eval import logit_diff_recovery, recovery_table, plot_recovery
+from .probes import ProbeConfig, L1LogisticProbe, MultinomialL1Probe
+from .probe_selection import regularization_path, plot_path, clean_prompt_groups, probe_vs_majority_claim
+from .ternary import ternary_labels, store_ternary_labels, subspace_rescue, subspace_rescue_claim
+from .saes import SAETrainConfig, TensorProvider, train_sae, load_sae, plot_history
+from .sae_eval import recovery_table, plot_recovery, grouped_holdout, store_vectors, heldout_eval, heldout_claims
 
 # %% auto #0
 __all__ = ['HAS_FEATURES', 'PHASES', 'FIGURE_NOTES', 'CLAIM_FIGURES', 'ModelConfig', 'ExtractionPhase', 'ProbesPhase', 'SAEPhase',
@@ -77,12 +80,17 @@ class ProbesPhase(ProbeConfig):
     "Phase D (probes): `ProbeConfig` plus the site the survival probe and the ternary labels read."
     n_alphas: int = 8
     n_splits: int = 3
-    site: str = ''  # hook name; '' = the last residual stream
+    site: str = ''  # hook name; '' = the residual stream entering the last block (upstream of the last layer)
     solver: str = 'torch'  # the ternary-label decoder's solver: 'torch' (fast) or 'sklearn'
+    subspace_k: int = 8  # the answer subspace's dimension in the subspace-rescue test
+    subspace_n_random: int = 4  # random subspaces of the same dimension it is compared with
+    decodability_pairs: int = 1000  # about this many pairs (whole clean prompts) for the decodability-by-layer claim; 0: skip
 
     def __post_init__(self):
         super().__post_init__()
         check(self.solver in ('torch', 'sklearn'), f"solver must be 'torch' or 'sklearn', got {self.solver!r}")
+        check(self.subspace_k >= 1 and self.subspace_n_random >= 1, "subspace_k and subspace_n_random must be >= 1")
+        check(self.decodability_pairs >= 0, f"decodability_pairs must be >= 0 (0: skip), got {self.decodability_pairs}")
 
 @dataclass
 class SAEPhase(SAETrainConfig):
@@ -98,11 +106,15 @@ class SAEPhase(SAETrainConfig):
     site: str = ''  # hook name; '' = the residual stream entering the last block (with a pretrained SAE: its hook)
     pretrained_release: str = ''  # a SAELens release (e.g. 'gpt2-small-res-jb'): load it instead of training (needs the hub)
     pretrained_id: str = ''  # the SAE id within the release (e.g. 'blocks.8.hook_resid_pre')
+    heldout_frac: float = 0.2  # fraction of the clean prompts held out of SAE training and scored (every position, both prompt kinds)
+    heldout_text_rows: int = 256  # sequences of the built-in LM's corpus test split for CE/KL recovered (0: skip)
 
     def __post_init__(self):
         super().__post_init__()
         check(bool(self.pretrained_release) == bool(self.pretrained_id),
               "a pretrained SAE needs both pretrained_release and pretrained_id (or neither, to train one)")
+        check(0 < self.heldout_frac < 1, f"heldout_frac must be in (0, 1), got {self.heldout_frac}")
+        check(self.heldout_text_rows >= 0, f"heldout_text_rows must be >= 0, got {self.heldout_text_rows}")
 
     def train_config(self) -> SAETrainConfig:
         "The plain `SAETrainConfig`."
@@ -430,8 +442,7 @@ def check_study_inputs(cfg: 'StudyConfig', model, pairs):
         check(cfg.probes.n_splits <= n_groups, f"probes.n_splits={cfg.probes.n_splits} but the pairs have only {n_groups} clean prompts to "
                                                "split by; lower probes.n_splits or raise task.n_per_cell")
     if 'sae' in cfg.phases and not cfg.sae.pretrained_release:
-        x = cfg.extraction
-        n_vec = len(df) * (x.k if x.positions == 'last_k' else 1) if x.positions != 'all' else int((df.seq_len + 1).sum())
+        n_vec = int(int((df.seq_len + 1).sum()) * (1 - cfg.sae.heldout_frac))  # the SAE store: every position, training prompts
         check(cfg.sae.batch_size <= n_vec, f"sae.batch_size={cfg.sae.batch_size} but the store will hold only {n_vec} activation vectors at the "
                                            "SAE's site; lower sae.batch_size or raise task.n_per_cell")
 
@@ -491,8 +502,11 @@ def run_study(cfg: StudyConfig = StudyConfig(), out: str | Path = 'results', pro
     cfg.to_yaml(folder / 'study.yaml')
     rep = Report(f'actlab study {cfg.name!r}')
     bar = tqdm(total=len(cfg.phases), desc='study', disable=not progress)
+    claims = []  # every phase's claims (actlab.metrics.Claim), written to claims.json as each phase finishes
     def finish(phase, t0, **entries):
         timings[phase] = round(time.time() - t0, 2); done.append(phase); rec.update(entries); bar.update(1)
+        atomic_write(folder / 'claims.json', json.dumps({'claims': [c.to_dict() for c in claims]}, indent=2))
+        rec['claims'] = [dict(name=c.name, holds=bool(c.holds)) for c in claims]
         write_manifest(folder, fresh=True, study=cfg, phases=done, seconds=timings, **rec)  # this run's entries only
         rep.write(folder / 'report.html')
 
@@ -507,6 +521,7 @@ def run_study(cfg: StudyConfig = StudyConfig(), out: str | Path = 'results', pro
     t0 = time.time(); bar.set_description('study: A baseline')
     scores = evaluate_pairs(model, pairs)
     table = condition_table(scores)
+    claims.extend(phenomenon_claims(table))
     _save(scores, folder / 'baseline_scores.parquet'); _save(table, folder / 'baseline_conditions.csv', index=False)
     rep.h('A. Baseline: accuracy and logit difference per condition')
     rep.fig(plot_condition_intervals(table)); rep.fig(plot_condition_intervals(table, 'logit_diff'))
@@ -525,12 +540,13 @@ def run_study(cfg: StudyConfig = StudyConfig(), out: str | Path = 'results', pro
     summary = res.summary(); _save(summary, folder / 'patching_summary.csv')
     sites = res.site_table(); _save(sites, folder / 'patching_sites.csv', index=False)
     best = top_sites(sites, k=max(cfg.extraction.n_top_sites, 1), return_scores=True)
+    claims.append(site_rescue_claim(res, seed=cfg.seed))  # selected on half the problems, scored on the other half
     rep.h('B. Patching: which sites rescue the corrupted runs')
     rep.table(res.df.patch_class.value_counts().rename('examples').to_frame())
     if 'resid_pre' in cfg.patching.sites: rep.fig(heatmap_layer_pos_by_family(res, 'resid_pre'))
     if 'head' in cfg.patching.sites: rep.fig(heatmap_layer_head(res))
     rep.p('Sites with the highest median rescue on failed OOD runs:'); rep.table(best)
-    finish('patching', t0, patch_classes=res.df.patch_class.value_counts().to_dict(), top_sites=best.site.tolist())
+    finish('patching', t0, metric=cfg.patching.metric, patch_classes=res.df.patch_class.value_counts().to_dict(), top_sites=best.site.tolist())
     if 'extraction' not in cfg.phases: return _close(bar, folder)
     if 'probes' in cfg.phases:
         _ok = np.isfinite(res.df.logit_diff_corrupted.to_numpy(float))
@@ -538,7 +554,7 @@ def run_study(cfg: StudyConfig = StudyConfig(), out: str | Path = 'results', pro
 
     # phase C: extraction of the implicated sites
     t0 = time.time(); bar.set_description('study: C extraction')
-    probe_site = cfg.probes.site or _last_resid(model)
+    probe_site = cfg.probes.site or _last_block_in(model)  # upstream of the last layer: an answer there can go unread
     sae_site = cfg.sae.site or _last_block_in(model)
     hooks = cfg.extraction.hooks or tuple(dict.fromkeys(best.site.tolist()[:cfg.extraction.n_top_sites] + [probe_site, sae_site]))
     xcfg = cfg.extraction.for_hooks(hooks).replace(progress=progress and cfg.extraction.progress)
@@ -547,7 +563,14 @@ def run_study(cfg: StudyConfig = StudyConfig(), out: str | Path = 'results', pro
                             overwrite=True, **_engine.study_spec(cfg))  # = extract with engine 'local', 1 shard
     rep.h('C. Activation store')
     rep.p(f"{len(store)} examples; sites {list(hooks)}; stored at store/ (labels from phase B).")
-    finish('extraction', t0, store=dict(path='store', rows=len(store), hooks=list(hooks)))
+    sae_store = None
+    if 'sae' in cfg.phases and not cfg.sae.pretrained_release:  # the SAE's data: every position of every prompt, clean and corrupted
+        scfg = ExtractConfig(hooks=(sae_site,), positions='all', also_clean=True, compute_labels=False, dtype=xcfg.dtype,
+                             batch_size=xcfg.batch_size, progress=xcfg.progress)
+        sae_store = extract(model, pairs, folder / 'sae_store', scfg, model_name=cfg.model.name, study_config=cfg, overwrite=True)
+        rep.p(f"SAE store: every position of the clean and corrupted prompts at {sae_site} (sae_store/).")
+    finish('extraction', t0, store=dict(path='store', rows=len(store), hooks=list(hooks)),
+           **({'sae_store': dict(path='sae_store', rows=len(sae_store), hook=sae_site, positions='all')} if sae_store is not None else {}))
     if 'probes' not in cfg.phases: return _close(bar, folder)
 
     # phase D: probes, ternary labels
@@ -572,16 +595,37 @@ def run_study(cfg: StudyConfig = StudyConfig(), out: str | Path = 'results', pro
         rep.fig(plot_path(path, title=f'L1 logistic: survives, from {probe_site}'))
         probe_rec['survival'] = {k: v for k, v in path.record().items() if k != 'estimator'}
     else: rep.p('every example survives (or none does): no survival probe to fit.')
+    pvm = probe_vs_majority_claim(L1LogisticProbe(solver='torch', tol=1e-4), X, surv, groups, cfg=cfg.probes, what='survival', seed=cfg.seed)
+    claims.append(pvm); probe_rec['probe_vs_majority'] = pvm.to_dict()
     tern, trec = ternary_labels(Xc, df.answer.to_numpy(), X, surv, groups=groups, cfg=cfg.probes, site=probe_site, solver=cfg.probes.solver,
                               device=str(model.cfg.device) if cfg.probes.solver == 'torch' else 'cpu')
-    store.set_labels(pd.DataFrame(dict(example_id=meta.example_id.to_numpy(), failure_class=tern)))
+    store_ternary_labels(store, meta.example_id.to_numpy(), tern, trec)  # failure_class + ternary_site in the store's manifest
     ct = pd.crosstab(df.corruption_type, pd.Series(tern, name='failure_class'))
     _save(ct, folder / 'failure_classes.csv')
     rep.p(f"ternary labels at {probe_site} (decoder held-out clean accuracy {trec['clean_heldout_accuracy']:.2f}):"); rep.table(ct)
     probe_rec['ternary'] = trec
+    # the causal test of 'readable': the clean answer subspace (decoder fit on the selection half) patched into the scoring half's failures
+    sel = split_halves(df.problem_id.to_numpy(), cfg.seed)
+    scored = ~surv & (df.family_kind == 'ood').to_numpy() & ~sel
+    if scored.any() and len(np.unique(df.answer_id.to_numpy()[sel])) > 1:
+        decoder = MultinomialL1Probe(alpha=cfg.probes.decoder_alpha, solver='torch', tol=1e-4).fit(Xc[sel], df.answer_id.to_numpy()[sel])
+        sub = subspace_rescue(model, pairs.filter(example_id=df.example_id[scored].tolist()), probe_site, decoder,
+                              k=cfg.probes.subspace_k, n_random=cfg.probes.subspace_n_random, seed=cfg.seed)
+        _save(sub, folder / 'subspace_rescue.csv', index=False)
+        claims.append(subspace_rescue_claim(sub, 'failed OOD runs of the scoring half'))
+        probe_rec['subspace_rescue'] = claims[-1].to_dict()
+    if cfg.probes.decodability_pairs:  # is the answer decodable upstream of the last layer at all (clean runs, held out by prompt)?
+        frac = min(1.0, cfg.probes.decodability_pairs / len(pairs))
+        pick = np.ones(len(pairs), bool) if frac >= 1 else grouped_holdout(pairs.df.problem_id, frac, cfg.seed)
+        dsub = pairs.filter(example_id=pairs.df.example_id[pick].tolist())
+        if dsub.df.problem_id.nunique() >= cfg.probes.n_splits:
+            dsc = scores.set_index('example_id').loc[dsub.df.example_id.to_numpy()].reset_index()
+            dtab = decodability_table(decodability_by_layer(model, dsub, dsc, n_splits=cfg.probes.n_splits, seed=cfg.seed), n_boot=500)
+            _save(dtab, folder / 'decodability.csv', index=False)
+            claims.append(decodable_upstream_claim(dtab, model.cfg.n_layers)); probe_rec['decodable_upstream'] = claims[-1].to_dict()
     if n_excluded: rep.p(f"{n_excluded} example(s) with non-finite values are excluded from every label (flag `nonfinite` in the store).")
     atomic_write(folder / 'probes.json', json.dumps(probe_rec, indent=2, default=str))
-    finish('probes', t0, probes=dict(site=probe_site, failure_classes=trec['counts'], excluded_nonfinite=n_excluded,
+    finish('probes', t0, probes=dict(site=probe_site, ternary_site=probe_site, failure_classes=trec['counts'], excluded_nonfinite=n_excluded,
                                      survival_cv=probe_rec.get('survival', {}).get('cv_score')))
     if 'sae' not in cfg.phases: return _close(bar, folder)
 
@@ -596,16 +640,37 @@ def run_study(cfg: StudyConfig = StudyConfig(), out: str | Path = 'results', pro
         if (run_dir / 'sae').exists(): shutil.rmtree(run_dir / 'sae')
         os.replace(run_dir / '.sae.tmp', run_dir / 'sae')
         rep.p(f"pretrained SAE {cfg.sae.pretrained_release}/{cfg.sae.pretrained_id} (d_sae={sae.cfg.d_sae})")
+        held_ids, x_held, n_train = set(pairs.df.example_id), None, 0  # it never saw these pairs
     else:
-        prov = StoreProvider(store, sae_site, batch_size=cfg.sae.batch_size, seed=cfg.sae.seed)
-        tr = train_sae(cfg.sae.train_config(), prov, run_dir=run_dir, progress=progress, overwrite=True)
+        # held out: about heldout_frac of the clean prompts (all their pairs, positions and prompt kinds); trained on the rest
+        held_ids = set(pairs.df.example_id[grouped_holdout(pairs.df.problem_id, cfg.sae.heldout_frac, cfg.seed)])
+        check(len(held_ids) > 0, f"sae.heldout_frac={cfg.sae.heldout_frac} holds out no clean prompt of {pairs.df.problem_id.nunique()}; "
+                                 "raise sae.heldout_frac or task.n_per_cell")
+        in_held = lambda m: m.example_id.isin(held_ids).to_numpy()
+        x_train, x_held = store_vectors(sae_store, sae_site, where=lambda m: ~in_held(m)), store_vectors(sae_store, sae_site, where=in_held)
+        n_train = len(x_train)
+        tr = train_sae(cfg.sae.train_config(), TensorProvider(x_train, cfg.sae.batch_size, seed=cfg.sae.seed), run_dir=run_dir,
+                       hook_name=sae_site, model=sae_store.manifest.get('model'), progress=progress, overwrite=True)
         sae = tr.sae
         rep.fig(plot_history(tr.history, title=f'SAE training ({cfg.sae.architecture}, d_sae={cfg.sae.d_sae})'))
-    rec_t = recovery_table(logit_diff_recovery(model, sae, pairs, hook_name=sae_site, positions='last'))
+    text = (torch.tensor(builtin_corpus()['test']['tokens'][:cfg.sae.heldout_text_rows])
+            if cfg.model.name == 'builtin' and cfg.sae.heldout_text_rows else None)  # the LM's own held-out text
+    heldout, ex = heldout_eval(model, sae, x_held, pairs.filter(example_id=sorted(held_ids)), text, hook_name=sae_site,
+                               positions='all', seed=cfg.seed, return_examples=True)
+    heldout.update(n_train_vectors=n_train, heldout_frac=cfg.sae.heldout_frac, grouped_by='problem_id (clean prompt)')
+    claims.extend(heldout_claims(heldout))
+    _save(ex, folder / 'sae_heldout_examples.parquet')
+    rec_t = recovery_table(ex)  # held-out pairs only
     _save(rec_t, folder / 'sae_recovery.csv')
     rep.fig(plot_recovery(rec_t)); rep.table(rec_t)
+    rep.p(f"Held-out evaluation ({heldout['n_pairs']} pairs of {heldout['n_clean_prompts']} clean prompts never trained on; "
+          f"{n_train} training vectors): task recovery is the per-example median with its 95% interval by clean prompt.")
+    rep.table(pd.DataFrame([{k: heldout[k] for k in ('n_vectors', 'l0', 'explained_variance', 'dead_fraction', 'dense_fraction',
+                                                     'ce_loss_recovered', 'kl_sae') if k in heldout}]))
+    rep.table(pd.DataFrame(heldout['task_recovery']).T)
+    for fl in heldout['flags']: rep.p(f"FLAG {fl['metric']} = {fl['value']:.3g} (threshold {fl['threshold']}): {fl['explanation']}")
     finish('sae', t0, sae=dict(site=sae_site, path=str((run_dir / 'sae').relative_to(folder)), pretrained=cfg.sae.pretrained_release or None,
-                                frac_recovered=rec_t.frac_recovered.round(4).to_dict()))
+                                frac_recovered=rec_t.frac_recovered.round(4).to_dict(), n_train_vectors=n_train), heldout=heldout)
     if 'features' not in cfg.phases: return _close(bar, folder)
 
     # phase E: features (when the module exists)

@@ -4,7 +4,7 @@
 
 # %% ../nbs/07c_ternary.ipynb #d6a23c34
 from __future__ import annotations
-import warnings
+import json, warnings
 from typing import Sequence
 
 import numpy as np
@@ -13,13 +13,14 @@ import torch
 from sklearn.base import clone
 from sklearn.exceptions import ConvergenceWarning
 from .baseline import logit_diff
+from .metrics import Claim
 from .probes import MultinomialL1Probe, ProbeConfig, _np
 from .probe_selection import cv_splits
 
 # %% auto #0
-__all__ = ['TERNARY_CLASSES', 'ternary_labels', 'answer_subspace', 'random_subspace', 'subspace_patched_margin',
-           'subspace_rescue', 'subspace_rescue_claim', 'probe_direction', 'mean_ablate_direction', 'mean_ablate_heads',
-           'predictive_vs_causal']
+__all__ = ['TERNARY_CLASSES', 'ternary_labels', 'store_ternary_labels', 'answer_subspace', 'random_subspace',
+           'subspace_patched_margin', 'subspace_rescue', 'subspace_rescue_claim', 'probe_direction',
+           'mean_ablate_direction', 'mean_ablate_heads', 'predictive_vs_causal']
 
 # %% ../nbs/07c_ternary.ipynb #5e4d5884
 TERNARY_CLASSES = ('preserved', 'readable_unused', 'erased')
@@ -77,6 +78,20 @@ def ternary_labels(clean_acts,            # [n, d] late-site activations, clean 
         definition="preserved: corrupted output right; readable_unused: wrong output but the clean-trained decoder reads the "
                    "answer from the corrupted activation; erased: neither")
     return labels, record
+
+# %% ../nbs/07c_ternary.ipynb #cc3020e3
+def store_ternary_labels(store,  # an `actlab.store.ActivationStore`
+                         example_ids,  # [n] the pairs the labels belong to
+                         labels,  # [n] `ternary_labels` output
+                         record: dict):  # `ternary_labels`'s record (its `site` is the hook the labels were decided at)
+    "Write the labels as the store's `failure_class` column and record the site (`ternary_site`) and the decoder in its manifest."
+    from actlab.store import _manifest_update
+    if not record.get('site'): raise ValueError("the record names no site; call ternary_labels(..., site=<hook name>)")
+    if len(example_ids) != len(labels): raise ValueError(f"{len(example_ids)} example ids for {len(labels)} labels; one per pair")
+    store.set_labels(pd.DataFrame(dict(example_id=np.asarray(example_ids), failure_class=np.asarray(labels, dtype=object))))
+    _manifest_update(store.path, ternary_site=record['site'], ternary_labels=json.loads(json.dumps(record, default=str)))
+    store.manifest = json.loads((store.path / 'manifest.json').read_text())
+    return store
 
 # %% ../nbs/07c_ternary.ipynb #7e77a002
 def answer_subspace(decoder,  # a fitted multiclass linear probe (e.g. `MultinomialL1Probe`) with `coef_` [classes, d]

@@ -253,3 +253,40 @@ def test_ablation_and_report():
     assert full['after'].shape == (96,) and np.isclose(np.linalg.norm(zz), 1)
     with pytest.raises(ValueError, match='per position'):
         mean_ablate_direction(model, toks, a_ids, d_ids, 'blocks.1.hook_resid_post', np.ones(7))
+
+
+def test_probe_vs_majority_claim():
+    "Holds on planted data; does not hold when the labels are one random draw per clean prompt."
+    from actlab.probe_selection import probe_vs_majority_claim
+    D = planted_activations(n_prompts=240, d=24, k=3, seed=5)
+    cfg = ProbeConfig(n_alphas=5, n_splits=3)
+    c = probe_vs_majority_claim(L1LogisticProbe(), D.X, D.y, D.groups, cfg=cfg)
+    assert c.holds and c.evidence['ci_low'] > 0 and c.evidence['ci_low'] <= c.evidence['difference'] <= c.evidence['ci_high']
+    # majority accuracy is measured on the scoring half with the selection half's majority class
+    assert 0.3 < c.evidence['majority_accuracy'] < 0.7 and c.evidence['n'] + c.evidence['n_selection'] == len(D.y)
+    y_null = (np.random.default_rng(2).random(240) < 0.25).astype(int)[D.groups]
+    assert not probe_vs_majority_claim(L1LogisticProbe(), D.X, y_null, D.groups, cfg=cfg).holds
+
+
+def test_probe_vs_majority_random_weights_does_not_hold():
+    "A random HookedTransformer with the built-in model's config and tokenizer: its survival is not predictable beyond the majority."
+    from transformer_lens import HookedTransformer
+    from actlab.models import load_model, data_dir, DEFAULT_MODEL_DIR
+    from actlab.tasks import TaskConfig, make_pairs
+    from actlab.capture import pair_activations
+    from actlab.metrics import correct
+    from actlab.probe_selection import probe_vs_majority_claim
+    if not (data_dir() / DEFAULT_MODEL_DIR / 'config.json').exists():
+        pytest.skip('the built-in model is not shipped in this checkout')
+    ref = load_model('builtin', device='cpu')
+    model = HookedTransformer(type(ref.cfg)(**{**ref.cfg.to_dict(), 'seed': 1})).eval()
+    model.set_tokenizer(ref.tokenizer, default_padding_side='right')
+    pairs = make_pairs(TaskConfig(n_per_cell=10), ref.tokenizer)
+    L = model.cfg.n_layers - 1
+    site, final = f'blocks.{L}.hook_resid_pre', f'blocks.{L}.hook_resid_post'
+    acts = pair_activations(model, pairs, [site, final], 'corrupted')
+    survives = correct(model.unembed(model.ln_final(acts[final][:, None]))[:, 0], pairs.answer_ids).numpy()
+    claim = probe_vs_majority_claim(L1LogisticProbe(), acts[site].reshape(len(pairs), -1).double().numpy(), survives,
+                                    clean_prompt_groups(pairs.df), cfg=ProbeConfig(n_alphas=5, n_splits=3), what='survival')
+    assert claim.holds is False
+    assert survives.mean() < 0.2  # why: a random network is almost never right, so the majority class is hard to beat
