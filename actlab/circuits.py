@@ -17,10 +17,11 @@ from .patching import rescue_scores
 from .features import quick_sae, sae_hook
 
 # %% auto #0
-__all__ = ['POSITIONS', 'CLICK_JS', 'site_saes', 'splice_saes', 'spliced_gap', 'feature_effects', 'effects_agreement', 'Circuit',
-           'circuit_nodes', 'circuit_edges', 'family_circuit', 'family_circuits', 'circuit_layout', 'plot_circuit',
-           'circuit_view', 'circuit_html', 'firing_rates', 'matched_controls', 'heldout_interventions',
-           'intervention_table', 'agreement_claim', 'circuit_claim', 'intervention_claim']
+__all__ = ['POSITIONS', 'CLICK_JS', 'RESIDUAL_HOOKS', 'site_saes', 'splice_saes', 'spliced_gap', 'feature_effects',
+           'effects_agreement', 'Circuit', 'circuit_nodes', 'circuit_edges', 'family_circuit', 'family_circuits',
+           'circuit_layout', 'plot_circuit', 'circuit_view', 'circuit_html', 'firing_rates', 'matched_controls',
+           'heldout_interventions', 'intervention_table', 'agreement_claim', 'circuit_claim', 'intervention_claim',
+           'circuit_sites', 'circuit_subset', 'add_claims']
 
 # %% ../nbs/09b_circuits.ipynb #50d234f6
 def site_saes(model, pairs, hooks: Sequence[str],  # the implicated sites (hook names), e.g. phase B's top residual sites
@@ -501,3 +502,37 @@ def intervention_claim(t: pd.DataFrame, min_examples: int = 10, n_boot: int = 10
                  holds, dict(n=int(len(ok)), median_gain=est, ci_low=lo, ci_high=hi,
                              median_rescue_selected=float(np.nanmedian(ok.rescue_selected)) if len(ok) else None,
                              median_rescue_control=float(np.nanmedian(ok.rescue_control)) if len(ok) else None))
+
+# %% ../nbs/09b_circuits.ipynb #748845e3
+RESIDUAL_HOOKS = ('hook_resid_pre', 'hook_resid_mid', 'hook_resid_post', 'hook_attn_out', 'hook_mlp_out')
+
+def circuit_sites(model, base: str,  # the site that already has an SAE (phase D's)
+                  candidates: Sequence[str],  # phase B's best sites, best first (hook names; others are skipped)
+                  n: int = 2) -> list[str]:
+    "`n` distinct d_model-wide sites, `base` first then the best candidates, in forward order."
+    out = [base]
+    for h in candidates:
+        h = str(h).split(':')[0].split('@')[0]
+        if len(out) >= n: break
+        if h in model.hook_dict and h.endswith(RESIDUAL_HOOKS) and h not in out: out.append(h)
+    order = {h: i for i, h in enumerate(model.hook_dict)}
+    return sorted(out, key=order.get)
+
+def circuit_subset(pairs, per_cell: int = 12, seed: int = 0):
+    "At most `per_cell` pairs per family × suffix length (a seeded draw)."
+    df = pairs.df.groupby(['corruption_type', 'suffix_length'], group_keys=False).apply(
+        lambda g: g.sample(min(per_cell, len(g)), random_state=seed))
+    return pairs.filter(example_id=df.example_id.tolist())
+
+def add_claims(path, claims: Sequence[Claim]) -> dict:
+    "Add `claims` to the `{'claims': [...]}` file at `path` (created if missing), replacing same-name entries and keeping the rest."
+    import json
+    from pathlib import Path
+    from actlab.core import atomic_write
+    p = Path(path)
+    old = json.loads(p.read_text()).get('claims', []) if p.exists() else []
+    new = [c.to_dict() if isinstance(c, Claim) else dict(c) for c in claims]
+    names = {c['name'] for c in new}
+    out = dict(claims=[c for c in old if c.get('name') not in names] + new)
+    atomic_write(p, json.dumps(out, indent=2))
+    return out
