@@ -25,7 +25,7 @@ from .core import atomic_write, ensure_file
 __all__ = ['DashboardInputError', 'DashboardData', 'build_dashboard_data', 'script_json', 'entity_escape', 'message_html',
            'tokens_html', 'table_html', 'show_figure', 'ExampleBrowser', 'FeatureBrowser', 'RescueOverview',
            'dashboard', 'open_dashboard', 'saevis_adapter', 'concat_prompts', 'saevis_dashboard', 'find_d3', 'iframe',
-           'attention_html', 'logprobs_html', 'build_dashboard_html']
+           'attention_html', 'logprobs_html', 'build_dashboard_html', 'circuit_tab']
 
 # %% ../nbs/10_dashboards.ipynb #900e2353
 class DashboardInputError(ValueError):
@@ -547,3 +547,20 @@ def build_dashboard_html(out_dir: str | Path,
                                     f'<body><h1>actlab dashboards</h1><ul>{links}</ul></body></html>')
     files['index'] = out / 'index.html'
     return files
+
+# %% ../nbs/10_dashboards.ipynb #c1rc0002
+def circuit_tab(data: DashboardData, circuit,  # an `actlab.circuits.Circuit`
+                feature_browser: FeatureBrowser | None = None) -> widgets.VBox:
+    "The circuit graph (`actlab.circuits.circuit_view`) above the feature browser; a node click opens its feature there."
+    from actlab.circuits import circuit_view
+    fb = feature_browser or FeatureBrowser(data)
+    note = widgets.HTML()
+    def open_feature(site: str, feature: str):
+        if feature == 'error': note.value = message_html(f'{site}: an error node (what the SAE does not reconstruct) has no feature to browse'); return
+        if site != data.fa.hook_name:
+            note.value = message_html(f'{site} feature {feature} belongs to another SAE; this browser shows the SAE at {data.fa.hook_name}'); return
+        note.value = ''; fb.feature.value = int(feature)
+    view = circuit_view(circuit, open_feature)
+    box = _dashboard_box([view, note, fb.widget], 'actlab-circuit-tab')
+    box.view, box.browser, box.note, box.open_feature = view, fb, note, open_feature
+    return box
