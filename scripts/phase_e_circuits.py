@@ -24,4 +24,8 @@ for f, c in circ.items():
 iv = heldout_interventions(model, saes, pairs, eff)
 print(intervention_table(iv).round(3).to_string())
 for cl in [agreement_claim(eff)] + [circuit_claim(c) for c in circ.values()] + [intervention_claim(iv)]: print(cl)
+
+from actlab.circuits import sparse_probing, topk_share
+for h in sites: print(sparse_probing(model, saes[h], pairs).round(3).to_string())
+print(topk_share(eff).round(3).to_string())
 print(f'{time.time() - t0:.0f} s')
