@@ -39,7 +39,8 @@ def quick_sae(model, pairs, hook_name: str = 'blocks.1.hook_resid_pre', d_sae: i
     "A small top-k SAE trained (with `actlab.saes.train_sae`) on every token of `pairs` at `hook_name`: for demos and tests."
     from actlab.saes import SAETrainConfig, train_sae
     x = sae_training_rows(model, pairs, hook_name)
-    cfg = SAETrainConfig(d_sae=d_sae, k=k, steps=steps, batch_size=256, log_every=max(1, steps // 3), norm_rows=2048, seed=seed)
+    bs = min(256, len(x))  # a small pair set still trains (batches of every row)
+    cfg = SAETrainConfig(d_sae=d_sae, k=k, steps=steps, batch_size=bs, log_every=max(1, steps // 3), norm_rows=min(2048, len(x)), seed=seed)
     return train_sae(cfg, x, hook_name=hook_name, progress=False).sae
 
 # %% ../nbs/09_features.ipynb #2910aeb2
