@@ -17,10 +17,11 @@ from .patching import rescue_scores
 from .features import quick_sae, sae_hook
 
 # %% auto #0
-__all__ = ['POSITIONS', 'CLICK_JS', 'site_saes', 'splice_saes', 'spliced_gap', 'feature_effects', 'effects_agreement', 'Circuit',
-           'circuit_nodes', 'circuit_edges', 'family_circuit', 'family_circuits', 'circuit_layout', 'plot_circuit',
-           'circuit_view', 'circuit_html', 'firing_rates', 'matched_controls', 'heldout_interventions',
-           'intervention_table', 'agreement_claim', 'circuit_claim', 'intervention_claim']
+__all__ = ['POSITIONS', 'CLICK_JS', 'RESIDUAL_HOOKS', 'site_saes', 'splice_saes', 'spliced_gap', 'feature_effects',
+           'effects_agreement', 'Circuit', 'circuit_nodes', 'circuit_edges', 'family_circuit', 'family_circuits',
+           'circuit_layout', 'plot_circuit', 'circuit_view', 'circuit_html', 'firing_rates', 'matched_controls',
+           'heldout_interventions', 'intervention_table', 'agreement_claim', 'circuit_claim', 'intervention_claim',
+           'sparse_probing', 'topk_share', 'circuit_sites', 'circuit_subset', 'add_claims']
 
 # %% ../nbs/09b_circuits.ipynb #50d234f6
 def site_saes(model, pairs, hooks: Sequence[str],  # the implicated sites (hook names), e.g. phase B's top residual sites
@@ -501,3 +502,95 @@ def intervention_claim(t: pd.DataFrame, min_examples: int = 10, n_boot: int = 10
                  holds, dict(n=int(len(ok)), median_gain=est, ci_low=lo, ci_high=hi,
                              median_rescue_selected=float(np.nanmedian(ok.rescue_selected)) if len(ok) else None,
                              median_rescue_control=float(np.nanmedian(ok.rescue_control)) if len(ok) else None))
+
+# %% ../nbs/09b_circuits.ipynb #sp000002
+@torch.no_grad()
+def _answer_inputs(model, pairs, hook: str, kind: str = 'corrupted'):
+    "Answer-position activations at `hook` and `correct` of the `kind` runs, one row per pair in `pairs.df` order."
+    from actlab.capture import pair_activations
+    X = pair_activations(model, pairs, [hook], kind=kind)[hook].reshape(len(pairs), -1)
+    pos = pd.Series(np.arange(len(pairs)), index=pairs.df.example_id.to_numpy())
+    y = np.zeros(len(pairs), bool)
+    for g in pairs.groups():
+        y[pos.loc[g.df.example_id.to_numpy()].to_numpy()] = correct(model(g.tokens(kind))[:, -1], g.answer_ids).cpu().numpy()
+    return X, y
+
+def sparse_probing(model, sae, pairs, ks: Sequence[int] = (1, 2, 5, 10, 20), n_splits: int = 5, alpha: float = 1e-4,
+                   seed: int = 0) -> pd.DataFrame:
+    """Does a k-sparse probe on the SAE's latents predict `correct` (of the corrupted run) as well as a dense probe on the same
+    site? Latents are picked on each training fold by |mean difference| between the classes; folds are grouped by clean prompt."""
+    from actlab.probes import L1LogisticProbe, cv_splits
+    hook = sae_hook(sae)
+    X, y = _answer_inputs(model, pairs, hook)
+    check(0 < y.sum() < len(y), f"`correct` takes one value on all {len(y)} runs: nothing to predict")
+    F = sae.encode(X.to(sae.W_dec.dtype)).detach().cpu().numpy()
+    X = X.numpy()
+    groups = pairs.df.problem_id.to_numpy()
+    rows = []
+    for fold, (tr, te) in enumerate(cv_splits(y, groups, n_splits, seed=seed)):
+        diff = np.abs(F[tr][y[tr]].mean(0) - F[tr][~y[tr]].mean(0))
+        for k in ks:
+            keep = np.argsort(-diff, kind='stable')[:k]
+            p = L1LogisticProbe(alpha=alpha).fit(F[tr][:, keep], y[tr])
+            rows.append(dict(probe='sparse SAE', k=k, fold=fold, accuracy=float((p.predict(F[te][:, keep]) == y[te]).mean())))
+        p = L1LogisticProbe(alpha=alpha).fit(X[tr], y[tr])
+        rows.append(dict(probe='dense', k=X.shape[1], fold=fold, accuracy=float((p.predict(X[te]) == y[te]).mean())))
+        rows.append(dict(probe='majority', k=0, fold=fold, accuracy=float(max(y[te].mean(), 1 - y[te].mean()))))
+    t = pd.DataFrame(rows)
+    return (t.groupby(['probe', 'k'], sort=False).accuracy.agg(['mean', 'sem', 'count']).reset_index()
+             .rename(columns={'mean': 'accuracy', 'count': 'folds'}).assign(site=hook))
+
+# %% ../nbs/09b_circuits.ipynb #sp000004
+def topk_share(effects: pd.DataFrame, ks: Sequence[int] = (1, 2, 5, 10, 20), method: str = 'exact', n_boot: int = 1000) -> pd.DataFrame:
+    "Per site and k: the share of |effect| (features + error node) carried by each example's top-k features, and by the error node; medians with intervals by clean prompt."
+    w = _wide(effects)
+    rows = []
+    for site, s in w.groupby('site', sort=False):
+        per = []
+        for eid, x in s.groupby('example_id'):
+            a = x[method].abs().fillna(0.0)
+            err = float(a[x.feature == 'error'].sum()); f = np.sort(a[x.feature != 'error'].to_numpy())[::-1]
+            tot = err + f.sum()
+            if tot > 0: per.append((x.problem_id.iloc[0], err / tot, [f[:k].sum() / tot for k in ks]))
+        if not per: continue
+        g = np.array([p[0] for p in per])
+        e, lo, hi = bootstrap_ci(np.array([p[1] for p in per]), g, np.median, n_boot)
+        rows.append(dict(site=site, k='error', share=e, lo=lo, hi=hi, n=len(per)))
+        for j, k in enumerate(ks):
+            e, lo, hi = bootstrap_ci(np.array([p[2][j] for p in per]), g, np.median, n_boot)
+            rows.append(dict(site=site, k=k, share=e, lo=lo, hi=hi, n=len(per)))
+    return pd.DataFrame(rows)
+
+# %% ../nbs/09b_circuits.ipynb #748845e3
+RESIDUAL_HOOKS = ('hook_resid_pre', 'hook_resid_mid', 'hook_resid_post', 'hook_attn_out', 'hook_mlp_out')
+
+def circuit_sites(model, base: str,  # the site that already has an SAE (phase D's)
+                  candidates: Sequence[str],  # phase B's best sites, best first (hook names; others are skipped)
+                  n: int = 2) -> list[str]:
+    "`n` distinct d_model-wide sites, `base` first then the best candidates, in forward order."
+    out = [base]
+    for h in candidates:
+        h = str(h).split(':')[0].split('@')[0]
+        if len(out) >= n: break
+        if h in model.hook_dict and h.endswith(RESIDUAL_HOOKS) and h not in out: out.append(h)
+    order = {h: i for i, h in enumerate(model.hook_dict)}
+    return sorted(out, key=order.get)
+
+def circuit_subset(pairs, per_cell: int = 12, seed: int = 0):
+    "At most `per_cell` pairs per family × suffix length (a seeded draw)."
+    df = pairs.df.groupby(['corruption_type', 'suffix_length'], group_keys=False).apply(
+        lambda g: g.sample(min(per_cell, len(g)), random_state=seed))
+    return pairs.filter(example_id=df.example_id.tolist())
+
+def add_claims(path, claims: Sequence[Claim]) -> dict:
+    "Add `claims` to the `{'claims': [...]}` file at `path` (created if missing), replacing same-name entries and keeping the rest."
+    import json
+    from pathlib import Path
+    from actlab.core import atomic_write
+    p = Path(path)
+    old = json.loads(p.read_text()).get('claims', []) if p.exists() else []
+    new = [c.to_dict() if isinstance(c, Claim) else dict(c) for c in claims]
+    names = {c['name'] for c in new}
+    out = dict(claims=[c for c in old if c.get('name') not in names] + new)
+    atomic_write(p, json.dumps(out, indent=2))
+    return out

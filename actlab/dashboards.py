@@ -27,7 +27,7 @@ __all__ = ['DashboardInputError', 'DashboardData', 'build_dashboard_data', 'save
            'prediction_html', 'ExampleBrowser', 'FeatureBrowser', 'RescueOverview', 'SaeVisView', 'dashboard',
            'open_dashboard', 'saevis_adapter', 'concat_prompts', 'saevis_dashboard', 'find_d3', 'saevis_features',
            'saevis_start', 'iframe_html', 'iframe', 'attention_html', 'logprobs_html', 'site_page', 'dashboard_extras',
-           'plot_atp_scatter', 'build_dashboard_html']
+           'plot_atp_scatter', 'build_dashboard_html', 'circuit_tab']
 
 # %% ../nbs/10_dashboards.ipynb #900e2353
 class DashboardInputError(ValueError):
@@ -915,3 +915,20 @@ def build_dashboard_html(out_dir: str | Path,
     page('index', 'actlab dashboards', f'<div class="cards">{cards}</div>', head='')
     return {k: files[k] for k in names}
 
+
+# %% ../nbs/10_dashboards.ipynb #c1rc0002
+def circuit_tab(data: DashboardData, circuit,  # an `actlab.circuits.Circuit`
+                feature_browser: FeatureBrowser | None = None) -> widgets.VBox:
+    "The circuit graph (`actlab.circuits.circuit_view`) above the feature browser; a node click opens its feature there."
+    from actlab.circuits import circuit_view
+    fb = feature_browser or FeatureBrowser(data)
+    note = widgets.HTML()
+    def open_feature(site: str, feature: str):
+        if feature == 'error': note.value = message_html(f'{site}: an error node (what the SAE does not reconstruct) has no feature to browse'); return
+        if site != data.fa.hook_name:
+            note.value = message_html(f'{site} feature {feature} belongs to another SAE; this browser shows the SAE at {data.fa.hook_name}'); return
+        note.value = ''; fb.feature.value = int(feature)
+    view = circuit_view(circuit, open_feature)
+    box = _dashboard_box([view, note, fb.widget], 'actlab-circuit-tab')
+    box.view, box.browser, box.note, box.open_feature = view, fb, note, open_feature
+    return box

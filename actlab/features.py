@@ -39,7 +39,8 @@ def quick_sae(model, pairs, hook_name: str = 'blocks.1.hook_resid_pre', d_sae: i
     "A small top-k SAE trained (with `actlab.saes.train_sae`) on every token of `pairs` at `hook_name`: for demos and tests."
     from actlab.saes import SAETrainConfig, train_sae
     x = sae_training_rows(model, pairs, hook_name)
-    cfg = SAETrainConfig(d_sae=d_sae, k=k, steps=steps, batch_size=256, log_every=max(1, steps // 3), norm_rows=2048, seed=seed)
+    bs = min(256, len(x))  # a small pair set still trains (batches of every row)
+    cfg = SAETrainConfig(d_sae=d_sae, k=k, steps=steps, batch_size=bs, log_every=max(1, steps // 3), norm_rows=min(2048, len(x)), seed=seed)
     return train_sae(cfg, x, hook_name=hook_name, progress=False).sae
 
 # %% ../nbs/09_features.ipynb #2910aeb2
@@ -108,12 +109,25 @@ class FeatureConfig(Config):
     junk_clean_rate: float = 0.05  # a junk feature fires on at most this fraction of clean prompts ...
     junk_min_rate: float = 0.2  # ... and on at least this fraction of the cell's corrupted prompts
     degenerate_eps: float = 0.1  # |clean - corrupted| logit diff below this: rescue is NaN (as in actlab.patching)
+    circuit_sites: tuple[str, ...] = ()  # SAE sites of the feature circuit (actlab.circuits); () = the phase-D site + phase B's best residual sites
+    circuit_n_sites: int = 2  # with circuit_sites=(): how many sites in all
+    circuit_per_cell: int = 12  # pairs per family x suffix length for the circuit (per-example effects cost a few forwards each)
+    circuit_d_sae: int = 128  # the extra sites' SAEs (actlab.circuits.site_saes): latents ...
+    circuit_steps: int = 300  # ... and training steps
+    circuit_nodes: int = 5  # features per site in a family's circuit
+    circuit_positions: str = 'last'  # nodes at the answer position ('last') or summed over every position ('all')
 
     def __post_init__(self):
         check(self.top_k >= 1, f"top_k must be >= 1, got {self.top_k}")
         check(0 <= self.junk_clean_rate < self.junk_min_rate <= 1,
               f"need 0 <= junk_clean_rate < junk_min_rate <= 1, got {self.junk_clean_rate}, {self.junk_min_rate}")
         check(self.degenerate_eps >= 0, f"degenerate_eps must be >= 0, got {self.degenerate_eps}")
+        self.circuit_sites = tuple(self.circuit_sites)
+        check(self.circuit_n_sites >= 1, f"circuit_n_sites must be >= 1, got {self.circuit_n_sites}")
+        check(self.circuit_per_cell >= 2, f"circuit_per_cell must be >= 2 (two halves of the clean prompts), got {self.circuit_per_cell}")
+        check(self.circuit_d_sae >= 1 and self.circuit_steps >= 1, f"circuit_d_sae and circuit_steps must be >= 1, got {self.circuit_d_sae}, {self.circuit_steps}")
+        check(self.circuit_nodes >= 1, f"circuit_nodes must be >= 1, got {self.circuit_nodes}")
+        check(self.circuit_positions in ('last', 'all'), f"circuit_positions must be 'last' or 'all', got {self.circuit_positions!r}")
 
 def suppressed_features(fa: FeatureActs, cfg: FeatureConfig = FeatureConfig(), by: Sequence[str] = ('corruption_type', 'suffix_length')) -> pd.DataFrame:
     "Per `by` cell, the `top_k` features whose mean answer-position activation drops most from the ID control to the corrupted prompt."

@@ -689,10 +689,55 @@ def run_study(cfg: StudyConfig = StudyConfig(), out: str | Path = 'results', pro
         _save(resc, folder / 'features_rescue.parquet')
         rep.fig(plot_suppressed(sup)); rep.fig(plot_junk(junk)); rep.fig(plot_rescue(resc))
         ood = resc[resc.corruption_type != 'id_control']
+        circuits_rec = _circuit_phase(cfg, model, pairs, sae, sae_site, best, folder, rep)
         finish('features', t0, features=dict(n_suppressed_rows=len(sup), n_junk_rows=len(junk),
                                              median_rescue_ood=float(ood.rescue.median()) if ood.rescue.notna().any() else None,
-                                             most_suppressed=sup.feature.value_counts().index[:cfg.features.top_k].tolist()))
+                                             most_suppressed=sup.feature.value_counts().index[:cfg.features.top_k].tolist()),
+               circuits=circuits_rec)
     return _close(bar, folder)
+
+def _circuit_phase(cfg: 'StudyConfig', model, pairs, sae, sae_site: str, best: pd.DataFrame, folder: Path, rep: 'Report') -> dict:
+    "Phase E as feature circuits (`actlab.circuits`): effects table, agreement, circuits of the worst family and the ID control, held-out interventions, claims."
+    from actlab.circuits import (circuit_sites, circuit_subset, site_saes, feature_effects, effects_agreement, family_circuits,
+                                 heldout_interventions, intervention_table, agreement_claim, circuit_claim, intervention_claim,
+                                 plot_circuit, add_claims)
+    from actlab.tasks import family_kind
+    fc = cfg.features
+    metric = cfg.patching.metric if cfg.patching.metric in ('margin', 'logit_diff') else 'margin'
+    sites = list(fc.circuit_sites) or circuit_sites(model, sae_site, best.get('hook', best.site).tolist(), fc.circuit_n_sites)
+    sub = circuit_subset(pairs, fc.circuit_per_cell, seed=cfg.seed)
+    saes = {sae_site: sae} if sae_site in sites else {}
+    extra = [h for h in sites if h not in saes]
+    if extra: saes.update(site_saes(model, sub, extra, d_sae=fc.circuit_d_sae, steps=fc.circuit_steps, seed=cfg.seed))
+    eff = feature_effects(model, saes, sub, metric=metric, positions=fc.circuit_positions)
+    _save(eff, folder / 'feature_effects.parquet')
+    ag = effects_agreement(eff, k=fc.top_k); _save(ag, folder / 'feature_effects_agreement.csv', index=False)
+    fams = sorted(eff.family.unique())
+    drop = {f: (eff[eff.family == f].drop_duplicates('example_id').pipe(lambda e: (e.correct_clean.astype(float) - e.correct_corrupted.astype(float)).mean()))
+            for f in fams if family_kind(f) == 'ood'}
+    worst = max(drop, key=drop.get) if drop else None
+    show = [f for f in (worst, 'id_control') if f in fams]
+    circs = family_circuits(model, saes, sub, eff, families=show, n_nodes=fc.circuit_nodes, positions=fc.circuit_positions)
+    iv = heldout_interventions(model, saes, sub, eff, k=fc.top_k, positions=fc.circuit_positions, seed=cfg.seed)
+    _save(iv, folder / 'feature_interventions.parquet')
+    ivt = intervention_table(iv) if len(iv) else pd.DataFrame(); _save(ivt, folder / 'feature_interventions.csv', index=False)
+    claims = [agreement_claim(eff)] + [circuit_claim(c) for c in circs.values()] + [intervention_claim(iv)]
+    add_claims(folder / 'claims.json', claims)
+    atomic_write(folder / 'circuits.json', json.dumps({f: c.to_dict() for f, c in circs.items()}, indent=2, default=str))
+    rep.h(f"E. Feature circuits: SAEs at {sites}, {len(sub)} pairs, metric {metric}")
+    rep.p('Attribution patching against exact patching, per site (Spearman rho, top-k overlap):'); rep.table(ag)
+    for f, c in circs.items():
+        rep.fig(plot_circuit(c))
+        rep.p(f"{f}: nodes with their mean exact effect and 95% interval by clean prompt; error-node share {c.error_share[0]:.2f} "
+              f"[{c.error_share[1]:.2f}, {c.error_share[2]:.2f}]; accuracy drop {c.accuracy_drop[0]:.2f}.")
+        rep.table(c.nodes)
+    rep.p('Held-out interventions (selected on one half of the clean prompts, scored on the other; controls matched in firing rate):')
+    if len(ivt): rep.table(ivt)
+    rep.table(pd.DataFrame([dict(claim=c.name, holds=c.holds, statement=c.statement) for c in claims]))
+    return dict(sites=sites, n_pairs=len(sub), metric=metric, worst_family=worst, table='feature_effects.parquet',
+                agreement=ag[['site', 'spearman_features', 'topk_overlap']].round(4).to_dict('records'),
+                error_share={f: [round(float(x), 4) for x in c.error_share] for f, c in circs.items()},
+                claims={c.name: bool(c.holds) for c in claims})
 
 def _close(bar, folder: Path) -> Path:
     bar.close(); return folder

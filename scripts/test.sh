@@ -21,6 +21,9 @@ if [ "$before" != "$after" ]; then echo "FAIL: notebooks were not clean (run nbd
 echo "== README check: README.md must match nbs/index.ipynb"
 python scripts/build_readme.py --check || status=1
 
+echo "== ruff check: the exported library (config in ruff.toml; fix findings in the notebooks)"
+ruff check actlab || { echo "FAIL: ruff found problems in actlab/ (fix them in nbs/, then nbdev_export)"; status=1; }
+
 echo "== nbdev_test: every notebook, top to bottom"
 start=$(date +%s)
 # one torch thread per notebook: two notebooks run at once on 2 cores, and oversubscribed OpenMP threads spin
