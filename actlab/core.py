@@ -4,10 +4,20 @@
 
 # %% ../nbs/00_core.ipynb #a669d11f
 from __future__ import annotations
-import contextlib, dataclasses, hashlib, json, random, os, re, sys, platform, datetime, typing, tempfile
-from dataclasses import dataclass, fields, is_dataclass
+import contextlib
+import dataclasses
+import hashlib
+import json
+import random
+import os
+import re
+import platform
+import datetime
+import typing
+import tempfile
+from dataclasses import fields, is_dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import numpy as np
 import torch

@@ -4,19 +4,25 @@
 
 # %% ../nbs/02_models.ipynb #c782c9ab
 from __future__ import annotations
-import json, os, random, socket, time
+import json
+import os
+import random
+import socket
+import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
+from typing import TYPE_CHECKING
 from pathlib import Path
 
-import numpy as np
 import torch
 from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 from .core import Config, check, seed_everything, state_dict_hash, default_device
 from .tasks import TaskConfig, TEMPLATES, ID_FILLERS, SUFFIX_FAMILIES, all_problems, build_word_tokenizer
+if TYPE_CHECKING:  # names used only in string annotations
+    import datasets
 
 # %% auto #0
 __all__ = ['RECIPES', 'DEFAULT_MODEL_DIR', 'DEFAULT_CORPUS_DIR', 'BuiltinModelConfig', 'text_words', 'filler_words',
@@ -180,7 +186,8 @@ def heldout_ce(model: HookedTransformer,  # the model to evaluate
 @contextmanager
 def _tl_progress(show: bool):
     "TransformerLens's trainer draws its own tqdm bars; hide them when `show` is False."
-    import contextlib, io
+    import contextlib
+    import io
     import transformer_lens.train as tl_train
     orig = tl_train.tqdm
     tl_train.tqdm = orig if show else partial(orig, disable=True)
@@ -338,7 +345,7 @@ def _hub_reachable(host: str = 'huggingface.co', timeout: float = 3.0) -> bool:
 def _load_local_hf(path: Path, device: str, fold_ln: bool = True, center_writing_weights: bool = True, center_unembed: bool = True,
                    dtype: torch.dtype = torch.float32) -> HookedTransformer:
     "A local Hugging Face checkpoint through TransformerLens's own config and weight conversion (what `from_pretrained` does for hub names)."
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
     from transformer_lens import loading
     path = str(path.resolve())
     if not list(Path(path).glob('*.safetensors')):

@@ -4,7 +4,15 @@
 
 # %% ../nbs/05_store.ipynb #33f7376f
 from __future__ import annotations
-import errno, hashlib, json, math, os, shutil, socket, datetime, warnings
+import errno
+import hashlib
+import json
+import math
+import os
+import shutil
+import socket
+import datetime
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
@@ -468,12 +476,12 @@ class ActivationStore:
         columns = [columns] if isinstance(columns, str) else list(columns)
         m, meta = self.mask(where), self.metadata()
         arrays = {c: self.numpy(c, where, dtype=dtype) for c in columns}
-        for l in labels:
-            if l not in meta: raise KeyError(f"no metadata column {l!r}; have {list(meta.columns)}")
-            v = meta[l].to_numpy()[m]
+        for lyr in labels:
+            if lyr not in meta: raise KeyError(f"no metadata column {lyr!r}; have {list(meta.columns)}")
+            v = meta[lyr].to_numpy()[m]
             if v.dtype == object and all(x is None or isinstance(x, (bool, int, float, np.bool_, np.number)) for x in v):
                 v = np.array([np.nan if x is None else float(x) for x in v], np.float32)  # nullable bool/number -> float, NaN = missing
-            arrays[l] = v
+            arrays[lyr] = v
         return ActivationDataset(arrays)
 
     def dataloader(self, columns, labels: Sequence[str] = (), where: Where = None, batch_size: int = 256,
