@@ -16,6 +16,7 @@ import plotly.graph_objects as go
 from transformer_lens import HookedTransformer
 
 from .metrics import answer_metrics, bootstrap_ci, bootstrap_table, Claim
+from .metrics import correct, margin, logit_diff  # noqa: F401 (re-exported: probes and saes import logit_diff from here)
 from .tasks import PairSet, OOD_FAMILIES, CONTROL_FAMILIES, NULL_FAMILIES, family_kind
 if TYPE_CHECKING:  # names used only in string annotations
     from typing import Callable
