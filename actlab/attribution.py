@@ -168,9 +168,9 @@ def _spearman(x: np.ndarray, y: np.ndarray) -> float:
 def _effects(t: Tensor, corrupted: Tensor) -> np.ndarray:
     return (t - corrupted.view(-1, *[1] * (t.ndim - 1))).reshape(len(t), -1).detach().cpu().numpy()
 
-def agreement(estimate,  # estimated patched metrics (e.g. `attribution_patch`), `[N, ...]` or a list of such per group
-              exact,  # exact patched metrics (`per_example_patch`), same shapes
-              corrupted,  # the corrupted metric per example, `[N]` or a list per group
+def agreement(estimate: Float[Tensor, "N ..."] | Sequence[Tensor],  # estimated patched metrics (e.g. `attribution_patch`), `[N, ...]` or a list of such per group
+              exact: Float[Tensor, "N ..."] | Sequence[Tensor],  # exact patched metrics (`per_example_patch`), same shapes
+              corrupted: Float[Tensor, " N"] | Sequence[Tensor],  # the corrupted metric per example, `[N]` or a list per group
               k: int = 10,  # how many of each example's exact top sites the false-negative rate looks at
               shuffle_seed: int | None = None,  # permute each example's estimates over its sites with this seed (the control); None: no permutation
              ) -> dict:

@@ -374,7 +374,7 @@ def _align_clean(clean_act: Tensor, b: int, seq: int, setter: Callable, act_name
 
 @torch.no_grad()
 def generic_activation_patch(model: HookedTransformer,  # the model to patch
-                             corrupted_tokens: Tensor,  # the corrupted prompts' token ids `[batch, pos]` (or one prompt `[pos]`)
+                             corrupted_tokens: Int[Tensor, "batch pos"] | Int[Tensor, " pos"],  # the corrupted prompts' token ids `[batch, pos]` (or one prompt `[pos]`)
                              clean_cache: ActivationCache,  # the clean run's cache (`model.run_with_cache`)
                              patching_metric: Callable,  # Float[Tensor, "batch pos d_vocab"] -> Float[Tensor, ""]
                              patch_setter: Callable,  # (corrupted_activation, index, clean_activation) -> patched activation
@@ -698,8 +698,8 @@ def _check_per_example(v, n: int) -> Tensor:
     return v
 
 # %% ../nbs/04_patching.ipynb #d414d55c
-def degenerate_mask(clean: Tensor | np.ndarray,  # [N] clean metric
-                    corrupted: Tensor | np.ndarray,  # [N] corrupted metric
+def degenerate_mask(clean: Float[Tensor, " N"] | np.ndarray,  # [N] clean metric
+                    corrupted: Float[Tensor, " N"] | np.ndarray,  # [N] corrupted metric
                     eps: float = 0.1,  # smallest absolute clean − corrupted gap that counts
                     rel: float = 0.1,  # smallest gap relative to |clean|
                    ) -> np.ndarray:
@@ -707,14 +707,13 @@ def degenerate_mask(clean: Tensor | np.ndarray,  # [N] clean metric
     c, x = (np.asarray(torch.as_tensor(t).detach().cpu(), dtype=np.float64) for t in (clean, corrupted))
     return ~(np.abs(c - x) >= np.maximum(eps, rel * np.abs(c)))  # NaN metrics are degenerate too
 
-def rescue_scores(
-    patched: Tensor | np.ndarray,  # [N, ...] patched metric
-    ld_clean: Tensor | np.ndarray,  # [N] the clean run's metric
-    ld_corrupted: Tensor | np.ndarray,  # [N] the corrupted run's metric
-    eps: float = 0.1,  # absolute part of the degenerate guard
-    rel: float = 0.1,  # relative part: degenerate when |clean − corrupted| < max(eps, rel·|clean|)
-    direction: str = 'denoising',  # 'denoising': patched is the corrupted run with clean values; 'noising': the reverse
-) -> tuple[np.ndarray, np.ndarray]:
+def rescue_scores(patched: Float[Tensor, "N ..."] | np.ndarray,  # [N, ...] patched metric
+                  ld_clean: Float[Tensor, " N"] | np.ndarray,  # [N] the clean run's metric
+                  ld_corrupted: Float[Tensor, " N"] | np.ndarray,  # [N] the corrupted run's metric
+                  eps: float = 0.1,  # absolute part of the degenerate guard
+                  rel: float = 0.1,  # relative part: degenerate when |clean − corrupted| < max(eps, rel·|clean|)
+                  direction: str = 'denoising',  # 'denoising': patched is the corrupted run with clean values; 'noising': the reverse
+                 ) -> tuple[np.ndarray, np.ndarray]:
     "Rescue scores `[N, ...]` (NaN for degenerate examples) and the `degenerate` flags `[N]`."
     if direction not in DIRECTIONS: raise ValueError(f"direction must be one of {list(DIRECTIONS)}, got {direction!r}")
     p, c, x = (np.asarray(torch.as_tensor(t).detach().cpu(), dtype=np.float64) for t in (patched, ld_clean, ld_corrupted))
