@@ -120,7 +120,10 @@ class Config:
         except (TypeError, AttributeError) as e:  # a __post_init__ tripping over a value: still one line
             raise ConfigError(f"{where}: invalid value ({e}); check its fields against `actlab config`") from None
 
-    def to_yaml(self, path: str | Path | None = None) -> str:
+    def to_yaml(self,
+                path: str | Path | None = None,  # also write the YAML here (atomically); None: only return it
+               ) -> str:
+        "The config as YAML text (also written to `path` when given)."
         text = yaml.safe_dump(self.to_dict(), sort_keys=False)
         if path is not None: atomic_write(path, text)
         return text

@@ -74,7 +74,9 @@ class BuiltinModelConfig(Config):
         "The task this model is trained for (the pair-drawing settings are the default ones)."
         return TaskConfig(operations=self.operations, operand_max=self.operand_max)
 
-    def hooked_config(self, d_vocab: int) -> HookedTransformerConfig:
+    def hooked_config(self,
+                      d_vocab: int,  # the tokenizer's vocabulary size
+                     ) -> HookedTransformerConfig:
         "The TransformerLens config of this architecture."
         return HookedTransformerConfig(n_layers=self.n_layers, d_model=self.d_model, n_heads=self.n_heads, d_head=self.d_model // self.n_heads,
                                        d_mlp=self.d_mlp, n_ctx=self.n_ctx, d_vocab=d_vocab, act_fn='gelu',
@@ -112,7 +114,9 @@ class CorpusBuilder:
         chain = random.Random(cfg.seed + 12345)  # the bigram chain depends on the model seed only, not on the split
         self.successor = list(range(len(self.text_ids))); chain.shuffle(self.successor)
 
-    def text(self, n: int) -> list[int]:
+    def text(self,
+             n: int,  # how many words
+            ) -> list[int]:
         "`n` words of running text."
         cur, out = self.rng.randrange(len(self.text_ids)), []
         for _ in range(n):
@@ -120,7 +124,9 @@ class CorpusBuilder:
             cur = self.successor[cur] if self.rng.random() < self.cfg.text_follow_prob else self.rng.randrange(len(self.text_ids))
         return out
 
-    def statement(self, with_fillers: bool = True) -> list[int]:
+    def statement(self,
+                  with_fillers: bool = True,  # insert ID filler words between the problem and the cue
+                 ) -> list[int]:
         "An arithmetic statement: problem, 0..max_train_suffix ID fillers (if `with_fillers`), cue, answer."
         problem, cue, answer = self.rng.choice(self.statements)
         n = self.rng.randint(0, self.cfg.max_train_suffix) if with_fillers else 0

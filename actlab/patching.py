@@ -104,7 +104,9 @@ class PatchingConfig(Config):
             check(m in METHODS, f"method {m!r} for site {s!r} is unknown{_did_you_mean(m, METHODS)}; choose from {list(METHODS)}")
         check(self.verify_top >= 1, f"verify_top must be >= 1, got {self.verify_top}")
 
-    def method(self, site: str) -> str:
+    def method(self,
+               site: str,  # a key of `SITES`
+              ) -> str:
         "How `site` is patched: 'exact' unless `methods` says otherwise."
         return self.methods.get(site, 'exact')
 
@@ -754,7 +756,9 @@ class SweepResult:
             setattr(self, f'correct_{side}', np.asarray(getattr(self, f'correct_{side}'), dtype=bool))
         check(self.metric_values('clean') is not None, f"SweepResult with metric {self.metric!r} needs margin_clean/margin_corrupted")
 
-    def metric_values(self, side: str) -> np.ndarray:
+    def metric_values(self,
+                      side: str,  # 'clean' or 'corrupted'
+                     ) -> np.ndarray:
         "The patched metric of the unpatched `side` run ('clean' or 'corrupted') `[N]`."
         return {'margin': self.margin_clean, 'logit_diff': self.ld_clean}[self.metric] if side == 'clean' else \
                {'margin': self.margin_corrupted, 'logit_diff': self.ld_corrupted}[self.metric]
@@ -905,7 +909,9 @@ class PatchingResult:
     @property
     def sites(self) -> list[str]: return list(self.groups[0].sweep.rescue) if self.groups else list(self.cfg.sites)
 
-    def summary(self, by: Sequence[str] = ('corruption_type', 'suffix_length')) -> pd.DataFrame:
+    def summary(self,
+                by: Sequence[str] = ('corruption_type', 'suffix_length'),  # the `df` columns that define a cell
+               ) -> pd.DataFrame:
         "Counts of each failure class, mean metrics, failed runs with a rescue score and their median best rescue, per `by` cell."
         df = self.df.assign(_has_rescue=self.df.rescue_na == '')
         g = df.groupby(list(by))
@@ -921,12 +927,19 @@ class PatchingResult:
         from actlab.rescue import site_table  # built on this module, so imported when first needed
         return site_table(self, **kw)
 
-    def top_sites(self, k: int = 3, **kw) -> pd.DataFrame:
+    def top_sites(self,
+                  k: int = 3,  # how many distinct patches
+                  **kw,
+                 ) -> pd.DataFrame:
         "The `k` best-rescuing distinct patches: `actlab.rescue.top_sites`."
         from actlab.rescue import top_sites
         return top_sites(self, k=k, **kw)
 
-    def site_values(self, site: str, kind: str = 'rescue', **filters) -> list[tuple[list[list[str]], np.ndarray]]:
+    def site_values(self,
+                    site: str,  # a swept site type (a key of `SITES`)
+                    kind: str = 'rescue',  # 'rescue' or 'patched'
+                    **filters,
+                   ) -> list[tuple[list[list[str]], np.ndarray]]:
         "Per group, the corrupted tokens and the `[n, ...]` array of `site` (`kind` 'rescue' or 'patched') of the examples matching `filters` (df columns)."
         keep = np.ones(len(self.df), bool)
         for col, v in filters.items(): keep &= self.df[col].isin(v if isinstance(v, (list, tuple)) else [v]).to_numpy()

@@ -101,7 +101,10 @@ class Problem:
         h = hashlib.sha256(f'{self.op}:{self.a}:{self.b}'.encode()).digest()
         return h[0] % len(TEMPLATES[self.op])
 
-    def render(self, template: int, suffix: Sequence[str] = ()) -> str:
+    def render(self,
+               template: int,  # index into the operation's `TEMPLATES`
+               suffix: Sequence[str] = (),  # words inserted between the problem and the answer cue
+              ) -> str:
         "The prompt text: problem, suffix words, answer cue."
         problem, cue = TEMPLATES[self.op][template]
         return ' '.join([problem.format(a=self.a, b=self.b), *suffix, cue])
@@ -245,7 +248,10 @@ class PairSet:
         "Split into sets whose prompts all have the same token length."
         return [PairSet(g.reset_index(drop=True), self.tokenizer, self.cfg) for _, g in self.df.groupby('seq_len', sort=True)]
 
-    def tokens(self, kind: str = 'clean', prepend_bos: bool = True) -> torch.Tensor:
+    def tokens(self,
+               kind: str = 'clean',  # 'plain', 'clean' or 'corrupted'
+               prepend_bos: bool = True,  # prepend the BOS token
+              ) -> torch.Tensor:
         "Token ids `[n, seq]` of the `kind` prompts ('plain', 'clean' or 'corrupted'); rows must share one length (see `groups`)."
         col = f'prompt_{kind}'
         if col not in self.df: raise ValueError(f"kind must be 'plain', 'clean' or 'corrupted', got {kind!r}")
