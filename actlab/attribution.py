@@ -4,7 +4,7 @@
 
 # %% ../nbs/04c_attribution.ipynb #b6efa79d
 from __future__ import annotations
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 import torch
@@ -15,6 +15,8 @@ import transformer_lens.utils as tl_utils
 
 from .patching import (SITES, check_tokens, rows_per_chunk, metric_from_resid, resolve_metric, site_shape, per_example_patch,
                              _check_site, _hooked, _did_you_mean)
+if TYPE_CHECKING:  # names used only in string annotations
+    import pandas as pd
 
 # %% auto #0
 __all__ = ['DIRECTIONS', 'attribution_patch', 'agreement', 'agreement_table']
@@ -27,9 +29,9 @@ def _names(model, site: str, qk_fix: bool) -> tuple[list[str], list[str]]:
     act = SITES[site][0]
     L, rot = model.cfg.n_layers, model.cfg.positional_embedding_type == 'rotary'
     if act in ('q', 'k') and qk_fix:
-        cache = [f'blocks.{l}.attn.hook_{n}' for l in range(L) for n in (['rot_q', 'rot_k'] if rot else ['q', 'k']) + ['attn_scores', 'pattern']]
-        return cache, [f'blocks.{l}.attn.hook_pattern' for l in range(L)]
-    names = [tl_utils.get_act_name(act, layer=l) for l in range(L)]
+        cache = [f'blocks.{lyr}.attn.hook_{n}' for lyr in range(L) for n in (['rot_q', 'rot_k'] if rot else ['q', 'k']) + ['attn_scores', 'pattern']]
+        return cache, [f'blocks.{lyr}.attn.hook_pattern' for lyr in range(L)]
+    names = [tl_utils.get_act_name(act, layer=lyr) for lyr in range(L)]
     return names, names
 
 def _attention_mask(model, tokens):
@@ -140,12 +142,12 @@ def attribution_patch(model: HookedTransformer,  # the model to patch
         _, src, _ = _run(model, src_tok[ex], ex, a, d, metric_fn, names)
         m, base, grads = _run(model, base_tok[ex], ex, a, d, metric_fn, names, grad_names)
         mask = _attention_mask(model, base_tok[ex])
-        eff = torch.stack([_effect(model, site, l, base, src, grads, qk_fix, mask) for l in range(L)], 1)
+        eff = torch.stack([_effect(model, site, lyr, base, src, grads, qk_fix, mask) for lyr in range(L)], 1)
         if grad_drop:
             size = torch.zeros_like(eff)
             for gl in range(L):
                 _, base_l, grads_l = _run(model, base_tok[ex], ex, a, d, metric_fn, names, grad_names, stop_grad_layer=gl)
-                size += torch.stack([_effect(model, site, l, base_l, src, grads_l, qk_fix, mask) for l in range(L)], 1).abs()
+                size += torch.stack([_effect(model, site, lyr, base_l, src, grads_l, qk_fix, mask) for lyr in range(L)], 1).abs()
             eff = torch.where(eff < 0, -1.0, 1.0) * size / (L - 1)
         out[ex] = m.view(-1, *[1] * len(shape)) + eff
         base_metric[ex] = m
@@ -166,9 +168,9 @@ def _spearman(x: np.ndarray, y: np.ndarray) -> float:
 def _effects(t: Tensor, corrupted: Tensor) -> np.ndarray:
     return (t - corrupted.view(-1, *[1] * (t.ndim - 1))).reshape(len(t), -1).detach().cpu().numpy()
 
-def agreement(estimate,  # estimated patched metrics (e.g. `attribution_patch`), `[N, ...]` or a list of such per group
-              exact,  # exact patched metrics (`per_example_patch`), same shapes
-              corrupted,  # the corrupted metric per example, `[N]` or a list per group
+def agreement(estimate: Float[Tensor, "N ..."] | Sequence[Tensor],  # estimated patched metrics (e.g. `attribution_patch`), `[N, ...]` or a list of such per group
+              exact: Float[Tensor, "N ..."] | Sequence[Tensor],  # exact patched metrics (`per_example_patch`), same shapes
+              corrupted: Float[Tensor, " N"] | Sequence[Tensor],  # the corrupted metric per example, `[N]` or a list per group
               k: int = 10,  # how many of each example's exact top sites the false-negative rate looks at
               shuffle_seed: int | None = None,  # permute each example's estimates over its sites with this seed (the control); None: no permutation
              ) -> dict:
@@ -198,7 +200,8 @@ def agreement_table(model: HookedTransformer,  # the model to patch
                     memory_mb: float = 256.0,  # budget per forward (see `actlab.patching.rows_per_chunk`)
                    ) -> 'pd.DataFrame':
     "AtP vs exact per site type over `groups` of `(clean, corrupted, answer_ids, distractor_ids)`: Spearman, FNR@k, controls, times."
-    import time, pandas as pd
+    import time
+    import pandas as pd
     from actlab.patching import prompt_logit_diff
     cm = [prompt_logit_diff(model, x, a, d) for _, x, a, d in groups]
     rows = []

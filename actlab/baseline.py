@@ -5,15 +5,22 @@
 # %% ../nbs/03_baseline.ipynb #cddc019a
 from __future__ import annotations
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 import torch
+from jaxtyping import Float, Int
+from torch import Tensor
 import plotly.express as px
 import plotly.graph_objects as go
 from transformer_lens import HookedTransformer
 
-from .metrics import correct, margin, logit_diff, answer_metrics, bootstrap_ci, bootstrap_table, Claim
+from .metrics import answer_metrics, bootstrap_ci, bootstrap_table, Claim
+from .metrics import correct, margin, logit_diff  # noqa: F401 (re-exported: probes and saes import logit_diff from here)
 from .tasks import PairSet, OOD_FAMILIES, CONTROL_FAMILIES, NULL_FAMILIES, family_kind
+if TYPE_CHECKING:  # names used only in string annotations
+    from typing import Callable
+    from actlab.tasks import TaskConfig
 
 # %% auto #0
 __all__ = ['last_logits', 'evaluate_pairs', 'condition_table', 'phenomenon_claims', 'interval_table', 'plot_conditions',
@@ -255,7 +262,7 @@ def plot_attribution(model: HookedTransformer,  # the model to run
 def residual_sites(model: HookedTransformer,  # the model whose layers are listed
                   ) -> list[str]:
     "The residual stream at the input of every block, and the final one: `n_layers + 1` hook names."
-    return [f'blocks.{l}.hook_resid_pre' for l in range(model.cfg.n_layers)] + [f'blocks.{model.cfg.n_layers - 1}.hook_resid_post']
+    return [f'blocks.{lyr}.hook_resid_pre' for lyr in range(model.cfg.n_layers)] + [f'blocks.{model.cfg.n_layers - 1}.hook_resid_post']
 
 def decodability_by_layer(model: HookedTransformer,  # the model to read
                           pairs: PairSet,  # the prompt pairs
@@ -327,7 +334,7 @@ def decodable_upstream_claim(table: pd.DataFrame,  # `decodability_table` output
     t = table[(table.condition == 'clean')].set_index('layer')
     upstream = t[t.index <= n_layers - 1]  # resid_pre of the last block, or earlier
     best = upstream.accuracy.idxmax() if len(upstream) else None
-    first = next((int(l) for l in upstream.index if upstream.accuracy[l] >= min_accuracy), None)
+    first = next((int(lyr) for lyr in upstream.index if upstream.accuracy[lyr] >= min_accuracy), None)
     return Claim('answer_decodable_upstream', f'the answer decodes from the clean residual stream with held-out accuracy >= {min_accuracy} '
                  'at a site at least one full layer before the last', first is not None,
                  dict(first_layer=first, first_site=None if first is None else t.site[first],

@@ -57,7 +57,8 @@ def pair_activations(model: HookedTransformer,  # the model to run
                      batch_size: int = 256,  # prompts per forward pass
                     ) -> dict[str, Float[Tensor, "n ..."]]:
     "Answer-position activations of the `kind` prompts at `hooks`, one row per pair in `pairs.df` order."
-    import numpy as np, pandas as pd
+    import numpy as np
+    import pandas as pd
     pos = pd.Series(np.arange(len(pairs)), index=pairs.df.example_id.to_numpy())
     out: dict[str, Tensor] = {}
     for g in pairs.groups():

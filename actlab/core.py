@@ -4,10 +4,20 @@
 
 # %% ../nbs/00_core.ipynb #a669d11f
 from __future__ import annotations
-import contextlib, dataclasses, hashlib, json, random, os, re, sys, platform, datetime, typing, tempfile
-from dataclasses import dataclass, fields, is_dataclass
+import contextlib
+import dataclasses
+import hashlib
+import json
+import random
+import os
+import re
+import platform
+import datetime
+import typing
+import tempfile
+from dataclasses import fields, is_dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -110,7 +120,10 @@ class Config:
         except (TypeError, AttributeError) as e:  # a __post_init__ tripping over a value: still one line
             raise ConfigError(f"{where}: invalid value ({e}); check its fields against `actlab config`") from None
 
-    def to_yaml(self, path: str | Path | None = None) -> str:
+    def to_yaml(self,
+                path: str | Path | None = None,  # also write the YAML here (atomically); None: only return it
+               ) -> str:
+        "The config as YAML text (also written to `path` when given)."
         text = yaml.safe_dump(self.to_dict(), sort_keys=False)
         if path is not None: atomic_write(path, text)
         return text

@@ -4,19 +4,25 @@
 
 # %% ../nbs/02_models.ipynb #c782c9ab
 from __future__ import annotations
-import json, os, random, socket, time
+import json
+import os
+import random
+import socket
+import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
+from typing import TYPE_CHECKING
 from pathlib import Path
 
-import numpy as np
 import torch
 from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 from .core import Config, check, seed_everything, state_dict_hash, default_device
 from .tasks import TaskConfig, TEMPLATES, ID_FILLERS, SUFFIX_FAMILIES, all_problems, build_word_tokenizer
+if TYPE_CHECKING:  # names used only in string annotations
+    import datasets
 
 # %% auto #0
 __all__ = ['RECIPES', 'DEFAULT_MODEL_DIR', 'DEFAULT_CORPUS_DIR', 'BuiltinModelConfig', 'text_words', 'filler_words',
@@ -68,7 +74,9 @@ class BuiltinModelConfig(Config):
         "The task this model is trained for (the pair-drawing settings are the default ones)."
         return TaskConfig(operations=self.operations, operand_max=self.operand_max)
 
-    def hooked_config(self, d_vocab: int) -> HookedTransformerConfig:
+    def hooked_config(self,
+                      d_vocab: int,  # the tokenizer's vocabulary size
+                     ) -> HookedTransformerConfig:
         "The TransformerLens config of this architecture."
         return HookedTransformerConfig(n_layers=self.n_layers, d_model=self.d_model, n_heads=self.n_heads, d_head=self.d_model // self.n_heads,
                                        d_mlp=self.d_mlp, n_ctx=self.n_ctx, d_vocab=d_vocab, act_fn='gelu',
@@ -106,7 +114,9 @@ class CorpusBuilder:
         chain = random.Random(cfg.seed + 12345)  # the bigram chain depends on the model seed only, not on the split
         self.successor = list(range(len(self.text_ids))); chain.shuffle(self.successor)
 
-    def text(self, n: int) -> list[int]:
+    def text(self,
+             n: int,  # how many words
+            ) -> list[int]:
         "`n` words of running text."
         cur, out = self.rng.randrange(len(self.text_ids)), []
         for _ in range(n):
@@ -114,7 +124,9 @@ class CorpusBuilder:
             cur = self.successor[cur] if self.rng.random() < self.cfg.text_follow_prob else self.rng.randrange(len(self.text_ids))
         return out
 
-    def statement(self, with_fillers: bool = True) -> list[int]:
+    def statement(self,
+                  with_fillers: bool = True,  # insert ID filler words between the problem and the cue
+                 ) -> list[int]:
         "An arithmetic statement: problem, 0..max_train_suffix ID fillers (if `with_fillers`), cue, answer."
         problem, cue, answer = self.rng.choice(self.statements)
         n = self.rng.randint(0, self.cfg.max_train_suffix) if with_fillers else 0
@@ -180,7 +192,8 @@ def heldout_ce(model: HookedTransformer,  # the model to evaluate
 @contextmanager
 def _tl_progress(show: bool):
     "TransformerLens's trainer draws its own tqdm bars; hide them when `show` is False."
-    import contextlib, io
+    import contextlib
+    import io
     import transformer_lens.train as tl_train
     orig = tl_train.tqdm
     tl_train.tqdm = orig if show else partial(orig, disable=True)
@@ -338,7 +351,7 @@ def _hub_reachable(host: str = 'huggingface.co', timeout: float = 3.0) -> bool:
 def _load_local_hf(path: Path, device: str, fold_ln: bool = True, center_writing_weights: bool = True, center_unembed: bool = True,
                    dtype: torch.dtype = torch.float32) -> HookedTransformer:
     "A local Hugging Face checkpoint through TransformerLens's own config and weight conversion (what `from_pretrained` does for hub names)."
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
     from transformer_lens import loading
     path = str(path.resolve())
     if not list(Path(path).glob('*.safetensors')):

@@ -4,7 +4,10 @@
 
 # %% ../nbs/04_patching.ipynb #bf0ffd9f
 from __future__ import annotations
-import contextlib, difflib, itertools, re
+import contextlib
+import difflib
+import itertools
+import re
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Callable, Optional, Sequence
@@ -101,7 +104,9 @@ class PatchingConfig(Config):
             check(m in METHODS, f"method {m!r} for site {s!r} is unknown{_did_you_mean(m, METHODS)}; choose from {list(METHODS)}")
         check(self.verify_top >= 1, f"verify_top must be >= 1, got {self.verify_top}")
 
-    def method(self, site: str) -> str:
+    def method(self,
+               site: str,  # a key of `SITES`
+              ) -> str:
         "How `site` is patched: 'exact' unless `methods` says otherwise."
         return self.methods.get(site, 'exact')
 
@@ -218,7 +223,7 @@ class _Corrupted:
         self.model, self.tokens = model, tokens
         c = model.cfg
         self.shortformer = c.positional_embedding_type == 'shortformer'
-        keep = ({f'blocks.{l}.hook_resid_pre' for l in range(c.n_layers)} | set(names) | set(clean_names)
+        keep = ({f'blocks.{lyr}.hook_resid_pre' for lyr in range(c.n_layers)} | set(names) | set(clean_names)
                 | ({'hook_pos_embed'} if self.shortformer else set()))
         kw = dict(stop_at_layer=c.n_layers) if output == 'resid' else dict(return_type='logits' if output == 'logits' else None)
         b = len(tokens)
@@ -237,7 +242,7 @@ class _Corrupted:
         self.output = out[:b] if out is not None else None
         self.cache = {n: v[:b] for n, v in cache.items() if not n.startswith('clean:')}
         self.clean = {n: cache['clean:' + n] if 'clean:' + n in cache else cache[n][b:] for n in clean_names} if clean_tokens is not None else {}
-        self.resid = [self.cache[f'blocks.{l}.hook_resid_pre'] for l in range(c.n_layers)]
+        self.resid = [self.cache[f'blocks.{lyr}.hook_resid_pre'] for lyr in range(c.n_layers)]
         self.pos_embed = self.cache['hook_pos_embed'] if self.shortformer else None
         tok = model.tokenizer
         # HookedTransformer.forward builds a padding mask from the tokens when the tokenizer pads on the left; a forward
@@ -256,7 +261,7 @@ class _Corrupted:
     def forward(self, hook_name: str, hook_fn: Callable, rows: Tensor, to_resid: bool = False, start_pos: int = 0) -> Tensor:
         "Run prompts `rows` (indices, repeats allowed) with `hook_fn` at `hook_name`, from the cached stream where exact."
         from transformer_lens.past_key_value_caching import HookedTransformerKeyValueCache, HookedTransformerKeyValueCacheEntry
-        m, layer, last = self.model, _layer_of(hook_name), self.model.cfg.n_layers - 1
+        m, layer = self.model, _layer_of(hook_name)
         kw, hooks = {}, [(hook_name, hook_fn)]
         if layer is None:  # a hook before the blocks (embeddings): run from the tokens
             assert start_pos == 0
@@ -269,10 +274,10 @@ class _Corrupted:
         sf = self.pos_embed[rows][:, p:] if self.pos_embed is not None else None
         if sf is not None: kw['shortformer_pos_embed'] = sf
         if self.attention_mask is not None: kw['attention_mask'] = self.attention_mask[rows]
-        kv = lambda l, frozen: HookedTransformerKeyValueCacheEntry(self.cache[f'blocks.{l}.attn.hook_k'][rows][:, :p],
-                                                                   self.cache[f'blocks.{l}.attn.hook_v'][rows][:, :p], frozen=frozen)
+        kv = lambda lyr, frozen: HookedTransformerKeyValueCacheEntry(self.cache[f'blocks.{lyr}.attn.hook_k'][rows][:, :p],
+                                                                   self.cache[f'blocks.{lyr}.attn.hook_v'][rows][:, :p], frozen=frozen)
         if p > 0:  # positions < p are unchanged: their keys and values come from the corrupted run
-            entries = [kv(l, True) if l >= layer else None for l in range(m.cfg.n_layers)]
+            entries = [kv(lyr, True) if lyr >= layer else None for lyr in range(m.cfg.n_layers)]
             kw['past_kv_cache'] = HookedTransformerKeyValueCache(entries, torch.ones(len(rows), p, dtype=torch.int), frozen=True)
         if to_resid:
             kw['stop_at_layer'] = m.cfg.n_layers  # final residual stream; with the slice below its last position only
@@ -337,8 +342,8 @@ def _check_metric_value(v, what: str = 'patching_metric') -> float:
     return v.item()
 
 def _check_cache(model, clean_cache, corrupted_tokens, act_name: str, layers) -> None:
-    for l in layers:
-        name = tl_utils.get_act_name(act_name, layer=l)
+    for lyr in layers:
+        name = tl_utils.get_act_name(act_name, layer=lyr)
         check_hook_name(model, name)
         if name not in clean_cache.cache_dict if isinstance(clean_cache, ActivationCache) else name not in clean_cache:
             raise ValueError(f"clean_cache has no {name!r}; run `model.run_with_cache(clean_tokens)` without a names_filter "
@@ -371,7 +376,7 @@ def _align_clean(clean_act: Tensor, b: int, seq: int, setter: Callable, act_name
 
 @torch.no_grad()
 def generic_activation_patch(model: HookedTransformer,  # the model to patch
-                             corrupted_tokens: Tensor,  # the corrupted prompts' token ids `[batch, pos]` (or one prompt `[pos]`)
+                             corrupted_tokens: Int[Tensor, "batch pos"] | Int[Tensor, " pos"],  # the corrupted prompts' token ids `[batch, pos]` (or one prompt `[pos]`)
                              clean_cache: ActivationCache,  # the clean run's cache (`model.run_with_cache`)
                              patching_metric: Callable,  # Float[Tensor, "batch pos d_vocab"] -> Float[Tensor, ""]
                              patch_setter: Callable,  # (corrupted_activation, index, clean_activation) -> patched activation
@@ -541,9 +546,9 @@ def logit_diff_from_resid(model: HookedTransformer,  # the model whose final LN 
     x = x[:, 0]
     W, bU = model.W_U, model.b_U
     def logit(ids):
-        l = (x * W[:, ids].T).sum(-1) + bU[ids]
+        lyr = (x * W[:, ids].T).sum(-1) + bU[ids]
         cap = model.cfg.output_logits_soft_cap
-        return cap * torch.tanh(l / cap) if cap > 0 else l
+        return cap * torch.tanh(lyr / cap) if cap > 0 else lyr
     return logit(answer_ids) - logit(distractor_ids)
 
 @torch.no_grad()
@@ -636,9 +641,9 @@ def per_example_patch(model: HookedTransformer,  # the model to patch
     out = torch.zeros((N, *shape), device=dev)
     by_layer = {}
     for i, idx in enumerate(indices): by_layer.setdefault(idx[0], []).append(i)
-    names = [tl_utils.get_act_name(act, layer=l) for l in range(model.cfg.n_layers)]
+    names = [tl_utils.get_act_name(act, layer=lyr) for lyr in range(model.cfg.n_layers)]
     prefix_ok = _prefix_reuse_ok(model) and metric is None
-    kv = [f'blocks.{l}.attn.hook_{x}' for l in range(model.cfg.n_layers) for x in 'kv'] if prefix_ok else []
+    kv = [f'blocks.{lyr}.attn.hook_{x}' for lyr in range(model.cfg.n_layers) for x in 'kv'] if prefix_ok else []
     for s in range(0, N, b):
         ex = slice(s, min(N, s + b))
         ex_idx = torch.arange(ex.start, ex.stop, device=dev)
@@ -695,8 +700,8 @@ def _check_per_example(v, n: int) -> Tensor:
     return v
 
 # %% ../nbs/04_patching.ipynb #d414d55c
-def degenerate_mask(clean: Tensor | np.ndarray,  # [N] clean metric
-                    corrupted: Tensor | np.ndarray,  # [N] corrupted metric
+def degenerate_mask(clean: Float[Tensor, " N"] | np.ndarray,  # [N] clean metric
+                    corrupted: Float[Tensor, " N"] | np.ndarray,  # [N] corrupted metric
                     eps: float = 0.1,  # smallest absolute clean − corrupted gap that counts
                     rel: float = 0.1,  # smallest gap relative to |clean|
                    ) -> np.ndarray:
@@ -704,14 +709,13 @@ def degenerate_mask(clean: Tensor | np.ndarray,  # [N] clean metric
     c, x = (np.asarray(torch.as_tensor(t).detach().cpu(), dtype=np.float64) for t in (clean, corrupted))
     return ~(np.abs(c - x) >= np.maximum(eps, rel * np.abs(c)))  # NaN metrics are degenerate too
 
-def rescue_scores(
-    patched: Tensor | np.ndarray,  # [N, ...] patched metric
-    ld_clean: Tensor | np.ndarray,  # [N] the clean run's metric
-    ld_corrupted: Tensor | np.ndarray,  # [N] the corrupted run's metric
-    eps: float = 0.1,  # absolute part of the degenerate guard
-    rel: float = 0.1,  # relative part: degenerate when |clean − corrupted| < max(eps, rel·|clean|)
-    direction: str = 'denoising',  # 'denoising': patched is the corrupted run with clean values; 'noising': the reverse
-) -> tuple[np.ndarray, np.ndarray]:
+def rescue_scores(patched: Float[Tensor, "N ..."] | np.ndarray,  # [N, ...] patched metric
+                  ld_clean: Float[Tensor, " N"] | np.ndarray,  # [N] the clean run's metric
+                  ld_corrupted: Float[Tensor, " N"] | np.ndarray,  # [N] the corrupted run's metric
+                  eps: float = 0.1,  # absolute part of the degenerate guard
+                  rel: float = 0.1,  # relative part: degenerate when |clean − corrupted| < max(eps, rel·|clean|)
+                  direction: str = 'denoising',  # 'denoising': patched is the corrupted run with clean values; 'noising': the reverse
+                 ) -> tuple[np.ndarray, np.ndarray]:
     "Rescue scores `[N, ...]` (NaN for degenerate examples) and the `degenerate` flags `[N]`."
     if direction not in DIRECTIONS: raise ValueError(f"direction must be one of {list(DIRECTIONS)}, got {direction!r}")
     p, c, x = (np.asarray(torch.as_tensor(t).detach().cpu(), dtype=np.float64) for t in (patched, ld_clean, ld_corrupted))
@@ -752,7 +756,9 @@ class SweepResult:
             setattr(self, f'correct_{side}', np.asarray(getattr(self, f'correct_{side}'), dtype=bool))
         check(self.metric_values('clean') is not None, f"SweepResult with metric {self.metric!r} needs margin_clean/margin_corrupted")
 
-    def metric_values(self, side: str) -> np.ndarray:
+    def metric_values(self,
+                      side: str,  # 'clean' or 'corrupted'
+                     ) -> np.ndarray:
         "The patched metric of the unpatched `side` run ('clean' or 'corrupted') `[N]`."
         return {'margin': self.margin_clean, 'logit_diff': self.ld_clean}[self.metric] if side == 'clean' else \
                {'margin': self.margin_corrupted, 'logit_diff': self.ld_corrupted}[self.metric]
@@ -903,7 +909,9 @@ class PatchingResult:
     @property
     def sites(self) -> list[str]: return list(self.groups[0].sweep.rescue) if self.groups else list(self.cfg.sites)
 
-    def summary(self, by: Sequence[str] = ('corruption_type', 'suffix_length')) -> pd.DataFrame:
+    def summary(self,
+                by: Sequence[str] = ('corruption_type', 'suffix_length'),  # the `df` columns that define a cell
+               ) -> pd.DataFrame:
         "Counts of each failure class, mean metrics, failed runs with a rescue score and their median best rescue, per `by` cell."
         df = self.df.assign(_has_rescue=self.df.rescue_na == '')
         g = df.groupby(list(by))
@@ -919,12 +927,19 @@ class PatchingResult:
         from actlab.rescue import site_table  # built on this module, so imported when first needed
         return site_table(self, **kw)
 
-    def top_sites(self, k: int = 3, **kw) -> pd.DataFrame:
+    def top_sites(self,
+                  k: int = 3,  # how many distinct patches
+                  **kw,
+                 ) -> pd.DataFrame:
         "The `k` best-rescuing distinct patches: `actlab.rescue.top_sites`."
         from actlab.rescue import top_sites
         return top_sites(self, k=k, **kw)
 
-    def site_values(self, site: str, kind: str = 'rescue', **filters) -> list[tuple[list[list[str]], np.ndarray]]:
+    def site_values(self,
+                    site: str,  # a swept site type (a key of `SITES`)
+                    kind: str = 'rescue',  # 'rescue' or 'patched'
+                    **filters,
+                   ) -> list[tuple[list[list[str]], np.ndarray]]:
         "Per group, the corrupted tokens and the `[n, ...]` array of `site` (`kind` 'rescue' or 'patched') of the examples matching `filters` (df columns)."
         keep = np.ones(len(self.df), bool)
         for col, v in filters.items(): keep &= self.df[col].isin(v if isinstance(v, (list, tuple)) else [v]).to_numpy()
@@ -994,7 +1009,7 @@ def _layer_pos_panel(result: PatchingResult, site: str, kind: str, filters: dict
     mean, std, cnt = _nanstats(arr)
     L, P = arr.shape[1:]
     custom = np.stack([np.array([rep] * L, dtype=object), np.array([[p - P for p in range(P)]] * L, dtype=object), cnt.astype(object)], -1)
-    return dict(mean=mean, std=std, x=[f'{p - P}:{t}' for p, t in enumerate(rep)], y=[f'L{l}' for l in range(L)], customdata=custom,
+    return dict(mean=mean, std=std, x=[f'{p - P}:{t}' for p, t in enumerate(rep)], y=[f'L{lyr}' for lyr in range(L)], customdata=custom,
                 hover='layer %{y}<br>token %{customdata[0]}<br>pos %{customdata[1]} from end<br>n=%{customdata[2]}<br>%{z:.3f}<extra></extra>',
                 n=arr.shape[0])
 
@@ -1006,7 +1021,7 @@ def _layer_head_panel(result: PatchingResult, site: str, kind: str, filters: dic
     if not items: raise ValueError(f"no examples match {filters}")
     arr = np.concatenate([a for _, a in items], 0)
     mean, std, cnt = _nanstats(arr)
-    return dict(mean=mean, std=std, x=[f'H{h}' for h in range(arr.shape[2])], y=[f'L{l}' for l in range(arr.shape[1])],
+    return dict(mean=mean, std=std, x=[f'H{h}' for h in range(arr.shape[2])], y=[f'L{lyr}' for lyr in range(arr.shape[1])],
                 customdata=cnt[..., None].astype(object), hover='%{y} %{x}<br>n=%{customdata[0]}<br>%{z:.3f}<extra></extra>', n=arr.shape[0])
 
 def _panels_figure(panels: list[tuple[str, dict]], kind: str, title: str, width: int):

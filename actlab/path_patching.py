@@ -34,9 +34,9 @@ def senders_of(model: HookedTransformer,  # the model whose heads and MLPs are l
     bad = [k for k in kinds if k not in ('head', 'mlp')]
     if bad: raise ValueError(f"unknown sender kind {bad}; choose from ['head', 'mlp']")
     out = []
-    for l in range(model.cfg.n_layers):
-        if 'head' in kinds: out += [f'L{l}H{h}' for h in range(model.cfg.n_heads)]
-        if 'mlp' in kinds and not model.cfg.attn_only: out.append(f'MLP{l}')
+    for lyr in range(model.cfg.n_layers):
+        if 'head' in kinds: out += [f'L{lyr}H{h}' for h in range(model.cfg.n_heads)]
+        if 'mlp' in kinds and not model.cfg.attn_only: out.append(f'MLP{lyr}')
     return out
 
 def receivers_of(model: HookedTransformer,  # the model whose heads are listed
@@ -46,7 +46,7 @@ def receivers_of(model: HookedTransformer,  # the model whose heads are listed
     "Every receiver grouped by layer: `L{l}H{h}.{q|k|v}` for each input in `inputs`, then `resid_final` if `final`."
     bad = [x for x in inputs if x not in ('q', 'k', 'v')]
     if bad: raise ValueError(f"unknown receiver input {bad}; choose from ['q', 'k', 'v']")
-    out = [f'L{l}H{h}.{x}' for l in range(model.cfg.n_layers) for x in inputs for h in range(n_site_heads(model, x))]
+    out = [f'L{lyr}H{h}.{x}' for lyr in range(model.cfg.n_layers) for x in inputs for h in range(n_site_heads(model, x))]
     return out + (['resid_final'] if final else [])
 
 def _parse_sender(model, s: str) -> tuple[str, int, int]:
@@ -133,9 +133,9 @@ def path_patch(model: HookedTransformer,  # the model to patch
     ld_corr, ld_clean = torch.zeros(N, device=dev), torch.zeros(N, device=dev)
     sf = c.positional_embedding_type == 'shortformer'
     pad_left = model.tokenizer is not None and getattr(model.tokenizer, 'padding_side', 'right') == 'left'
-    names = ({f'blocks.{l}.hook_resid_pre' for l in range(L)} | {f'blocks.{l}.attn.hook_z' for l in range(L)}
-             | {f'blocks.{l}.hook_attn_out' for l in range(L)} | ({'hook_pos_embed'} if sf else set())
-             | (set() if c.attn_only else {f'blocks.{l}.hook_mlp_out' for l in range(L)}))
+    names = ({f'blocks.{lyr}.hook_resid_pre' for lyr in range(L)} | {f'blocks.{lyr}.attn.hook_z' for lyr in range(L)}
+             | {f'blocks.{lyr}.hook_attn_out' for lyr in range(L)} | ({'hook_pos_embed'} if sf else set())
+             | (set() if c.attn_only else {f'blocks.{lyr}.hook_mlp_out' for lyr in range(L)}))
     for s0 in range(0, N, b):
         ex = torch.arange(s0, min(N, s0 + b), device=dev); nb = len(ex)
         fin_x, xc = _run_cached(model, corrupted_tokens[ex], names)
@@ -143,24 +143,24 @@ def path_patch(model: HookedTransformer,  # the model to patch
         base = _final_metric(model, fin_x, ex, a, d, metric)
         ld_corr[ex], ld_clean[ex] = base, _final_metric(model, fin_c, ex, a, d, metric)
         mask = tl_utils.get_attention_mask(model.tokenizer, corrupted_tokens[ex], c.default_prepend_bos).to(dev) if pad_left else None
-        def kw_for(r_ex):  # per-row extras a forward started mid-model needs
+        def kw_for(r_ex, xc=xc, mask=mask):  # per-row extras a forward started mid-model needs (this block's xc, mask)
             kw = {}
             if sf: kw['shortformer_pos_embed'] = xc['hook_pos_embed'][r_ex]
             if mask is not None: kw['attention_mask'] = mask[r_ex]
             return kw
         # what each sender adds to the residual stream when it takes its clean value: [S, nb, pos, d_model]
-        delta = torch.stack([torch.einsum('bph,hm->bpm', cc[f'blocks.{l}.attn.hook_z'][:, :, h] - xc[f'blocks.{l}.attn.hook_z'][:, :, h], model.W_O[l, h])
-                             if kind == 'head' else cc[f'blocks.{l}.hook_mlp_out'] - xc[f'blocks.{l}.hook_mlp_out'] for kind, l, h in snd])
+        delta = torch.stack([torch.einsum('bph,hm->bpm', cc[f'blocks.{lyr}.attn.hook_z'][:, :, h] - xc[f'blocks.{lyr}.attn.hook_z'][:, :, h], model.W_O[lyr, h])
+                             if kind == 'head' else cc[f'blocks.{lyr}.hook_mlp_out'] - xc[f'blocks.{lyr}.hook_mlp_out'] for kind, lyr, h in snd])
         # run 1: the residual stream entering every later layer, and the final one, per sender: new_pre[l] [S, nb, pos, d]
-        new_pre = {l: xc[f'blocks.{l}.hook_resid_pre'][None].repeat(S, 1, 1, 1) for l in range(1, L)}
+        new_pre = {lyr: xc[f'blocks.{lyr}.hook_resid_pre'][None].repeat(S, 1, 1, 1) for lyr in range(1, L)}
         new_fin = fin_x[None].repeat(S, 1, 1, 1)
         if freeze == 'all':  # every other node frozen: the sender's delta reaches everything downstream unchanged
             for j, (kind, ls, _) in enumerate(snd):
-                for l in range(ls + 1, L): new_pre[l][j] += delta[j]
+                for lyr in range(ls + 1, L): new_pre[lyr][j] += delta[j]
                 new_fin[j] += delta[j]
         else:
-            for ls in sorted({l for _, l, _ in snd}):
-                js = [j for j, (_, l, _) in enumerate(snd) if l == ls]
+            for ls in sorted({lyr for _, lyr, _ in snd}):
+                js = [j for j, (_, lyr, _) in enumerate(snd) if lyr == ls]
                 row_s = torch.tensor(js, device=dev).repeat_interleave(nb); row_e = torch.arange(nb, device=dev).repeat(len(js))
                 for r0 in range(0, len(row_s), rows):
                     rs, re_ = row_s[r0:r0 + rows], row_e[r0:r0 + rows]
@@ -169,11 +169,11 @@ def path_patch(model: HookedTransformer,  # the model to patch
                     hooks = [(f'blocks.{ls}.hook_attn_out', lambda x, hook, dl=dl, ih=is_head: x + dl * ih[:, None, None])]
                     if not c.attn_only:
                         hooks.append((f'blocks.{ls}.hook_mlp_out', lambda x, hook, dl=dl, ih=is_head: torch.where(ih[:, None, None], x, x + dl)))
-                    for l in range(ls + 1, L):  # later heads frozen at their corrupted values; MLPs recompute
-                        hooks.append((f'blocks.{l}.hook_attn_out', lambda x, hook, v=xc[f'blocks.{l}.hook_attn_out'][re_]: v))
-                    keep = {f'blocks.{l}.hook_resid_pre' for l in range(ls + 1, L)}
+                    for lyr in range(ls + 1, L):  # later heads frozen at their corrupted values; MLPs recompute
+                        hooks.append((f'blocks.{lyr}.hook_attn_out', lambda x, hook, v=xc[f'blocks.{lyr}.hook_attn_out'][re_]: v))
+                    keep = {f'blocks.{lyr}.hook_resid_pre' for lyr in range(ls + 1, L)}
                     fin, st = _run_cached(model, None, keep, ls, xc[f'blocks.{ls}.hook_resid_pre'][re_], hooks, **kw_for(ex[re_] - s0))
-                    for l in range(ls + 1, L): new_pre[l][rs, re_] = st[f'blocks.{l}.hook_resid_pre']
+                    for lyr in range(ls + 1, L): new_pre[lyr][rs, re_] = st[f'blocks.{lyr}.hook_resid_pre']
                     new_fin[rs, re_] = fin
         vals = base[None, None].repeat(S, R, 1)  # [S, R, nb]; paths that cannot exist keep the corrupted metric
         for ri, (x, lr, hr) in enumerate(rcv):
@@ -183,9 +183,9 @@ def path_patch(model: HookedTransformer,  # the model to patch
         old = c.use_split_qkv_input
         try:
             model.set_use_split_qkv_input(True)
-            for lr in sorted({l for x, l, _ in rcv if x != 'final'}):
+            for lr in sorted({lyr for x, lyr, _ in rcv if x != 'final'}):
                 for x in 'qkv':
-                    ris = [ri for ri, (xx, l, _) in enumerate(rcv) if xx == x and l == lr]
+                    ris = [ri for ri, (xx, lyr, _) in enumerate(rcv) if xx == x and lyr == lr]
                     js = [j for j, (_, ls, _) in enumerate(snd) if ls < lr]
                     if not ris or not js: continue
                     grid = torch.cartesian_prod(torch.tensor(js), torch.tensor(ris), torch.arange(nb)).to(dev)  # rows (sender, receiver, example)
@@ -231,24 +231,24 @@ def path_patch_naive(model: HookedTransformer,  # the model to patch
             for j, s in enumerate(senders):
                 kind, ls, hs = _parse_sender(model, s)
                 frozen = []
-                for l in range(L):
-                    def res_hook(x, hook, l=l):
+                for lyr in range(L):
+                    def res_hook(x, hook, lyr=lyr, xc=xc, cc=cc, kind=kind, ls=ls, hs=hs):
                         x = xc[hook.name].clone()
-                        if kind == 'head' and l == ls: x[:, :, hs] = cc[hook.name][:, :, hs]
+                        if kind == 'head' and lyr == ls: x[:, :, hs] = cc[hook.name][:, :, hs]
                         return x
-                    frozen.append((f'blocks.{l}.attn.hook_result', res_hook))
+                    frozen.append((f'blocks.{lyr}.attn.hook_result', res_hook))
                     if c.attn_only: continue
-                    if kind == 'mlp' and l == ls: frozen.append((f'blocks.{l}.hook_mlp_out', lambda x, hook: cc[hook.name]))
-                    elif freeze == 'all': frozen.append((f'blocks.{l}.hook_mlp_out', lambda x, hook: xc[hook.name]))
+                    if kind == 'mlp' and lyr == ls: frozen.append((f'blocks.{lyr}.hook_mlp_out', lambda x, hook, cc=cc: cc[hook.name]))
+                    elif freeze == 'all': frozen.append((f'blocks.{lyr}.hook_mlp_out', lambda x, hook, xc=xc: xc[hook.name]))
                 for k, r in enumerate(receivers):
                     x, lr, hr = _parse_receiver(model, r)
                     if x == 'final':
                         out[i, j, k] = ld(model.run_with_hooks(corr, fwd_hooks=frozen), i); continue
                     if lr <= ls: out[i, j, k] = base; continue
                     got = {}
-                    model.run_with_hooks(corr, fwd_hooks=frozen + [(f'blocks.{lr}.hook_resid_pre', lambda v, hook: got.__setitem__('r', v.clone()))])
+                    model.run_with_hooks(corr, fwd_hooks=frozen + [(f'blocks.{lr}.hook_resid_pre', lambda v, hook, got=got: got.__setitem__('r', v.clone()))])
                     model.set_use_split_qkv_input(True)
-                    def inp_hook(v, hook):
+                    def inp_hook(v, hook, hr=hr, got=got):
                         v = v.clone(); v[:, :, hr] = got['r']; return v
                     out[i, j, k] = ld(model.run_with_hooks(corr, fwd_hooks=[(f'blocks.{lr}.hook_{x}_input', inp_hook)]), i)
                     model.set_use_split_qkv_input(False)
@@ -287,9 +287,9 @@ def heatmap_paths(res: PathPatchResult,  # `path_patch` output
     lays = [layer(r) for r in res.receivers]
     for i in range(1, len(lays)):
         if lays[i] != lays[i - 1]: fig.add_vline(x=i - 0.5, line_width=2, line_color='black')
-    for l in sorted(set(lays)):
-        idx = [i for i, v in enumerate(lays) if v == l]
-        fig.add_annotation(x=(idx[0] + idx[-1]) / 2, y=1.02, yref='paper', showarrow=False, text='final' if l == 10**9 else f'layer {l}')
+    for lyr in sorted(set(lays)):
+        idx = [i for i, v in enumerate(lays) if v == lyr]
+        fig.add_annotation(x=(idx[0] + idx[-1]) / 2, y=1.02, yref='paper', showarrow=False, text='final' if lyr == 10**9 else f'layer {lyr}')
     fig.update_layout(title=title or f'path patching: mean {kind} over {res.patched.shape[0]} examples (freeze={res.freeze})',
                       height=200 + 18 * len(res.senders), width=max(500, 160 + 16 * len(res.receivers)),
                       yaxis=dict(autorange='reversed'), margin=dict(t=80))
@@ -342,7 +342,7 @@ def head_paths(model: HookedTransformer,  # the model to patch
     import pandas as pd
     from tqdm.auto import tqdm
     from actlab.patching import degenerate_mask
-    senders = [f'L{l}H{h}' for l in range(model.cfg.n_layers) for h in range(model.cfg.n_heads)]
+    senders = [f'L{lyr}H{h}' for lyr in range(model.cfg.n_layers) for h in range(model.cfg.n_heads)]
     frames, res_parts, eff_parts = [], [], []
     for g in tqdm(pairs.groups(), desc='head paths', disable=not progress):
         r = path_patch(model, g.tokens('clean'), g.tokens('corrupted'), g.answer_ids, None, senders=senders, receivers=[receiver],
@@ -413,7 +413,7 @@ def plot_reader_heads(hp: HeadPaths,  # `head_paths` output
     fig = make_subplots(nrow, ncol, subplot_titles=[f'{f} (n={int(_family_rows(hp, f).sum())} failed)' for f in fams],
                         horizontal_spacing=0.06, vertical_spacing=0.12)
     for i, zz in enumerate(z):
-        fig.add_trace(go.Heatmap(z=zz, x=[f'H{h}' for h in range(hp.n_heads)], y=[f'L{l}' for l in range(hp.n_layers)], colorscale='RdBu',
+        fig.add_trace(go.Heatmap(z=zz, x=[f'H{h}' for h in range(hp.n_heads)], y=[f'L{lyr}' for lyr in range(hp.n_layers)], colorscale='RdBu',
                                  zmid=0, zmin=-top, zmax=top, showscale=i == 0,
                                  colorbar=dict(title=dict(text='median<br>path rescue', side='right'), len=0.8),
                                  hovertemplate='%{y} %{x}<br>median path rescue %{z:.2f}<extra></extra>'), i // ncol + 1, i % ncol + 1)

@@ -164,7 +164,7 @@ def site_table(result: PatchingResult,  # a `PatchingResult` (`patch_pairs`)
     t = keys.copy()
     t['canonical'], t['noop'] = aliases.canonical.to_numpy(), aliases.noop.to_numpy()
     names = t.groupby('canonical').label.agg(lambda x: '; '.join(x))
-    t['aliases'] = ['; '.join(a for a in names[c].split('; ') if a != l) for c, l in zip(t.canonical, t.label)]
+    t['aliases'] = ['; '.join(a for a in names[c].split('; ') if a != lyr) for c, lyr in zip(t.canonical, t.label)]
     sel = np.ones(len(t), bool) if all_entries else aliases.is_canonical.to_numpy()
     if R.shape[0]: ci = _bootstrap_columns(R[:, sel], groups, np.median, n_boot, alpha, seed)
     else: ci = np.full((sel.sum(), 3), np.nan)
@@ -227,7 +227,7 @@ def site_rescue_claim(result: PatchingResult,  # a `PatchingResult` (`patch_pair
     g = groups[score]
     R = R[rows]
     canon = aliases.canonical.to_numpy()
-    col_of = {l: j for j, l in enumerate(keys.label)}
+    col_of = {lyr: j for j, lyr in enumerate(keys.label)}
     rng = np.random.default_rng(seed)
     per_site, holds = [], len(chosen) == k
     for c in chosen.itertuples():
@@ -235,7 +235,7 @@ def site_rescue_claim(result: PatchingResult,  # a `PatchingResult` (`patch_pair
         # the control pool: the distinct patches of the same site type (aliases collapsed), other than the chosen one
         same = keys.site.to_numpy() == c.site
         if control == 'same_position' and pd.notna(c.pos): same &= keys.pos.to_numpy() == c.pos
-        pool = [col_of[l] for l in dict.fromkeys(canon[same]) if l != c.label]
+        pool = [col_of[lyr] for lyr in dict.fromkeys(canon[same]) if lyr != c.label]
         top = R[:, j]
         rand = np.full(len(R), np.nan)
         for i in range(len(R)):

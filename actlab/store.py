@@ -4,7 +4,15 @@
 
 # %% ../nbs/05_store.ipynb #33f7376f
 from __future__ import annotations
-import errno, hashlib, json, math, os, shutil, socket, datetime, warnings
+import errno
+import hashlib
+import json
+import math
+import os
+import shutil
+import socket
+import datetime
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
@@ -234,7 +242,9 @@ class StoreWriter:
         self.shards = self._scan()
         self._update_manifest()
 
-    def rows_of(self, j: int) -> range:
+    def rows_of(self,
+                j: int,  # the shard's number
+               ) -> range:
         "The row range (within this worker's rows) of shard `j`."
         return range(j * self.rows_per_shard, min((j + 1) * self.rows_per_shard, self.n_rows))
 
@@ -403,7 +413,9 @@ class ActivationStore:
     def metadata_columns(self) -> list[str]:
         return [n for n in pq.read_schema(self.files[0]).names if n not in self.columns]
 
-    def shape(self, column: str) -> tuple[int, ...]:
+    def shape(self,
+              column: str,  # an activation column
+             ) -> tuple[int, ...]:
         "The logical per-row shape of an activation column."
         self._check_col(column)
         return tuple(self.columns[column]['shape'])
@@ -415,14 +427,18 @@ class ActivationStore:
             raise KeyError(f"no activation column {column!r} in {self.path}; it has {list(self.columns)}"
                            + (f"; did you mean {close}?" if close else ''))
 
-    def metadata(self, columns: Sequence[str] | None = None) -> pd.DataFrame:
+    def metadata(self,
+                 columns: Sequence[str] | None = None,  # only these metadata columns (None: all)
+                ) -> pd.DataFrame:
         "The scalar (non-activation) columns as a DataFrame, in row order."
         if self._meta is None:
             self._meta = pd.concat([pq.read_table(f, columns=self.metadata_columns).to_pandas() for f in self.files],
                                    ignore_index=True)
         return self._meta if columns is None else self._meta[list(columns)]
 
-    def mask(self, where: Where = None) -> np.ndarray:
+    def mask(self,
+             where: Where = None,  # a dict column -> value(s), a function of the metadata DataFrame, or None (every row)
+            ) -> np.ndarray:
         "Boolean row mask for `where` (a dict column -> value(s), or a function of the metadata DataFrame)."
         meta = self.metadata()
         if where is None: return np.ones(len(meta), bool)
@@ -453,7 +469,8 @@ class ActivationStore:
               column: str,  # an activation column
               where: Where = None,  # row filter
               flatten: bool = False,  # return [n, prod(shape)] instead of [n, *shape]
-              dtype=np.float32) -> np.ndarray:
+              dtype=np.float32,  # the returned array's dtype
+             ) -> np.ndarray:
         "The activations of `column` for the rows passing `where`, `[n, *shape]`."
         parts = list(self._iter_column(column, where))
         out = np.concatenate(parts) if parts else np.zeros((0, *self.shape(column)))
@@ -463,21 +480,29 @@ class ActivationStore:
     def torch_dataset(self,
                       columns: str | Sequence[str],  # activation column(s)
                       labels: Sequence[str] = (),  # metadata columns to include (e.g. 'survives', 'example_id')
-                      where: Where = None, dtype=np.float32) -> ActivationDataset:
+                      where: Where = None,  # row filter (see `mask`)
+                      dtype=np.float32,  # the activations' dtype
+                     ) -> ActivationDataset:
         "A map-style torch `Dataset` (held in memory) of the selected rows; items are dicts keyed by column name."
         columns = [columns] if isinstance(columns, str) else list(columns)
         m, meta = self.mask(where), self.metadata()
         arrays = {c: self.numpy(c, where, dtype=dtype) for c in columns}
-        for l in labels:
-            if l not in meta: raise KeyError(f"no metadata column {l!r}; have {list(meta.columns)}")
-            v = meta[l].to_numpy()[m]
+        for lyr in labels:
+            if lyr not in meta: raise KeyError(f"no metadata column {lyr!r}; have {list(meta.columns)}")
+            v = meta[lyr].to_numpy()[m]
             if v.dtype == object and all(x is None or isinstance(x, (bool, int, float, np.bool_, np.number)) for x in v):
                 v = np.array([np.nan if x is None else float(x) for x in v], np.float32)  # nullable bool/number -> float, NaN = missing
-            arrays[l] = v
+            arrays[lyr] = v
         return ActivationDataset(arrays)
 
-    def dataloader(self, columns, labels: Sequence[str] = (), where: Where = None, batch_size: int = 256,
-                   shuffle: bool = True, **kwargs) -> torch.utils.data.DataLoader:
+    def dataloader(self,
+                   columns,  # activation column(s)
+                   labels: Sequence[str] = (),  # metadata columns to include
+                   where: Where = None,  # row filter (see `mask`)
+                   batch_size: int = 256,  # rows per batch
+                   shuffle: bool = True,  # shuffle the rows each epoch
+                   **kwargs,
+                  ) -> torch.utils.data.DataLoader:
         "A torch `DataLoader` over `torch_dataset(columns, labels, where)`."
         return torch.utils.data.DataLoader(self.torch_dataset(columns, labels, where), batch_size=batch_size,
                                            shuffle=shuffle, **kwargs)
@@ -485,12 +510,18 @@ class ActivationStore:
     def _positional(self, column: str) -> bool:
         return self.columns[column].get('positions') in ('last_k', 'all')
 
-    def d_in(self, column: str) -> int:
+    def d_in(self,
+             column: str,  # an activation column
+            ) -> int:
         "Width of one vector of `column` as an SAE sees it: per position, all other axes flattened (heads of hook_z included)."
         shape = self.shape(column)
         return int(np.prod(shape[1:] if self._positional(column) else shape))
 
-    def token_vectors(self, column: str, where: Where = None, order: Sequence[int] | None = None) -> Iterator[np.ndarray]:
+    def token_vectors(self,
+                      column: str,  # an activation column
+                      where: Where = None,  # row filter (see `mask`)
+                      order: Sequence[int] | None = None,  # the order of the shards (None: stored order)
+                     ) -> Iterator[np.ndarray]:
         "Per shard, the activations of `column` as vectors `[n_vectors, d_in]`: positions unrolled, padding dropped."
         d = self.d_in(column)
         padded = self.columns[column].get('positions') == 'all' and 'token_mask' in self.metadata_columns
@@ -504,8 +535,11 @@ class ActivationStore:
                      buffer_size: int | None = None,  # mixing buffer size in vectors (default 8 batches)
                      mix_fraction: float = 0.5,  # SAELens mixing_buffer's fraction kept back for mixing
                      epochs: int | None = None,  # passes over the data; None = endless, as SAETrainer expects
-                     where: Where = None, seed: int = 0, device: str | torch.device = 'cpu',
-                     dtype: torch.dtype = torch.float32) -> Iterator[Float[Tensor, 'batch d_in']]:
+                     where: Where = None,  # row filter (see `mask`)
+                     seed: int = 0,  # seed of the shard order and mixing
+                     device: str | torch.device = 'cpu',  # where the batches are put
+                     dtype: torch.dtype = torch.float32,  # the batches' dtype
+                    ) -> Iterator[Float[Tensor, 'batch d_in']]:
         "An iterator of `[batch_size, d_in]` tensors (see `d_in`), shard order shuffled per epoch, mixed by SAELens's `mixing_buffer`."
         from sae_lens.training.mixing_buffer import mixing_buffer
         shape, m = self.shape(column), self.mask(where)
@@ -528,7 +562,10 @@ class ActivationStore:
         for batch in mixing_buffer(buffer_size, batch_size, loader(), mix_fraction):
             yield batch.to(device)
 
-    def to_hf(self, columns: Sequence[str] | None = None, cache_dir: str | None = None):
+    def to_hf(self,
+              columns: Sequence[str] | None = None,  # only these columns (None: all)
+              cache_dir: str | None = None,  # `datasets`' cache folder (None: its default)
+             ):
         "The store as a `datasets.Dataset` (via `Dataset.from_parquet` over the shards)."
         import datasets
         return datasets.Dataset.from_parquet([str(f) for f in self.files], columns=list(columns) if columns else None,

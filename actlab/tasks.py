@@ -4,7 +4,9 @@
 
 # %% ../nbs/01_tasks.ipynb #c51828a5
 from __future__ import annotations
-import hashlib, itertools, random
+import hashlib
+import itertools
+import random
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -12,7 +14,7 @@ from typing import Iterable, Sequence
 import numpy as np
 import pandas as pd
 import torch
-from .core import Config, ConfigError, check
+from .core import Config, check
 
 # %% auto #0
 __all__ = ['TEMPLATES', 'ID_FILLERS', 'SUFFIX_FAMILIES', 'CONTROL_FAMILIES', 'NULL_FAMILIES', 'OOD_FAMILIES', 'SPECIAL_TOKENS',
@@ -75,7 +77,7 @@ class TaskConfig(Config):
         for op in self.operations: check(op in TEMPLATES, f"unknown operation {op!r}; choose from {sorted(TEMPLATES)}")
         for f in self.families: check(f in SUFFIX_FAMILIES, f"unknown suffix family {f!r}; choose from {sorted(SUFFIX_FAMILIES)}")
         check(self.operand_max >= 2, f"operand_max must be >= 2, got {self.operand_max}")
-        check(len(self.suffix_lengths) > 0 and all(l >= 1 for l in self.suffix_lengths), f"suffix_lengths must be >= 1, got {self.suffix_lengths}")
+        check(len(self.suffix_lengths) > 0 and all(lyr >= 1 for lyr in self.suffix_lengths), f"suffix_lengths must be >= 1, got {self.suffix_lengths}")
         check(self.n_per_cell >= 1, f"n_per_cell must be >= 1, got {self.n_per_cell}")
 
     @property
@@ -99,7 +101,10 @@ class Problem:
         h = hashlib.sha256(f'{self.op}:{self.a}:{self.b}'.encode()).digest()
         return h[0] % len(TEMPLATES[self.op])
 
-    def render(self, template: int, suffix: Sequence[str] = ()) -> str:
+    def render(self,
+               template: int,  # index into the operation's `TEMPLATES`
+               suffix: Sequence[str] = (),  # words inserted between the problem and the answer cue
+              ) -> str:
         "The prompt text: problem, suffix words, answer cue."
         problem, cue = TEMPLATES[self.op][template]
         return ' '.join([problem.format(a=self.a, b=self.b), *suffix, cue])
@@ -243,7 +248,10 @@ class PairSet:
         "Split into sets whose prompts all have the same token length."
         return [PairSet(g.reset_index(drop=True), self.tokenizer, self.cfg) for _, g in self.df.groupby('seq_len', sort=True)]
 
-    def tokens(self, kind: str = 'clean', prepend_bos: bool = True) -> torch.Tensor:
+    def tokens(self,
+               kind: str = 'clean',  # 'plain', 'clean' or 'corrupted'
+               prepend_bos: bool = True,  # prepend the BOS token
+              ) -> torch.Tensor:
         "Token ids `[n, seq]` of the `kind` prompts ('plain', 'clean' or 'corrupted'); rows must share one length (see `groups`)."
         col = f'prompt_{kind}'
         if col not in self.df: raise ValueError(f"kind must be 'plain', 'clean' or 'corrupted', got {kind!r}")
