@@ -298,10 +298,14 @@ def heldout_claims(h: dict,  # `heldout_eval` output
                  bool(np.isfinite(tr['median']) and tr['n'] >= 10 and lo <= tr['ci_low'] and tr['ci_high'] <= hi),
                  dict(median=tr['median'], ci_low=tr['ci_low'], ci_high=tr['ci_high'], n=tr['n'], n_degenerate=tr['n_degenerate'],
                       flags=[f['metric'] for f in h['flags']]))]
-    if 'ce_loss_recovered' in h:
-        out.append(Claim('sae_recovers_lm_loss', f"the SAE spliced in recovers >= {min_ce_recovered} of the LM's next-token loss on held-out text",
-                         bool(h['ce_loss_recovered'] >= min_ce_recovered),
-                         dict(ce_loss_recovered=h['ce_loss_recovered'], kl_sae=h['kl_sae'], kl_zero=h['kl_zero'])))
+    if 'ce_loss_recovered' in h:  # the ratio means something only when zero-ablation really hurts (patching's relative guard)
+        from actlab.patching import degenerate_mask
+        deg = bool(degenerate_mask(np.array([h['ce_zero']]), np.array([h['ce_orig']]))[0])
+        out.append(Claim('sae_recovers_lm_loss', f"the SAE spliced in recovers >= {min_ce_recovered} of the LM's next-token loss on "
+                         'held-out text, and is closer to the model than zero-ablation (KL)',
+                         bool(not deg and h['ce_loss_recovered'] >= min_ce_recovered and h['kl_sae'] < h['kl_zero']),
+                         dict(ce_loss_recovered=h['ce_loss_recovered'], ce_orig=h['ce_orig'], ce_zero=h['ce_zero'], degenerate=deg,
+                              kl_sae=h['kl_sae'], kl_zero=h['kl_zero'])))
     return out
 
 # %% ../nbs/08b_sae_eval.ipynb #b864fbec

@@ -95,7 +95,7 @@ class ProbesPhase(ProbeConfig):
 @dataclass
 class SAEPhase(SAETrainConfig):
     "Phase D (SAEs): `SAETrainConfig` plus the site the SAE is trained on."
-    d_sae: int = 256
+    d_sae: int = 128  # 2x d_model of the built-in LM: under 10% dead latents on held-out vectors (4x leaves ~27% dead)
     k: int = 8
     steps: int = 1500
     batch_size: int = 256
@@ -556,7 +556,9 @@ def run_study(cfg: StudyConfig = StudyConfig(), out: str | Path = 'results', pro
     t0 = time.time(); bar.set_description('study: C extraction')
     probe_site = cfg.probes.site or _last_block_in(model)  # upstream of the last layer: an answer there can go unread
     sae_site = cfg.sae.site or _last_block_in(model)
-    hooks = cfg.extraction.hooks or tuple(dict.fromkeys(best.site.tolist()[:cfg.extraction.n_top_sites] + [probe_site, sae_site]))
+    fallback_site = None if cfg.probes.site else _last_resid(model)  # the ternary labels' site when the upstream decoder cannot read
+    hooks = cfg.extraction.hooks or tuple(dict.fromkeys(best.site.tolist()[:cfg.extraction.n_top_sites] + [probe_site, sae_site]
+                                                        + ([fallback_site] if fallback_site else [])))
     xcfg = cfg.extraction.for_hooks(hooks).replace(progress=progress and cfg.extraction.progress)
     labels = res.df[['example_id', 'logit_diff_clean', 'logit_diff_corrupted', 'rescue_score', 'best_patch_site', 'survives']]
     store = _engine.extract(model, pairs, folder / 'store', xcfg, cfg.engine, labels=labels, model_name=cfg.model.name, study_config=cfg,
@@ -597,19 +599,28 @@ def run_study(cfg: StudyConfig = StudyConfig(), out: str | Path = 'results', pro
     else: rep.p('every example survives (or none does): no survival probe to fit.')
     pvm = probe_vs_majority_claim(L1LogisticProbe(solver='torch', tol=1e-4), X, surv, groups, cfg=cfg.probes, what='survival', seed=cfg.seed)
     claims.append(pvm); probe_rec['probe_vs_majority'] = pvm.to_dict()
-    tern, trec = ternary_labels(Xc, df.answer.to_numpy(), X, surv, groups=groups, cfg=cfg.probes, site=probe_site, solver=cfg.probes.solver,
-                              device=str(model.cfg.device) if cfg.probes.solver == 'torch' else 'cpu')
+    tern_site, Xt, Xct = probe_site, X, Xc
+    tkw = dict(groups=groups, cfg=cfg.probes, solver=cfg.probes.solver, device=str(model.cfg.device) if cfg.probes.solver == 'torch' else 'cpu')
+    try: tern, trec = ternary_labels(Xct, df.answer.to_numpy(), Xt, surv, site=tern_site, **tkw)
+    except ValueError as e:  # upstream, too few pairs can leave the decoder unable to read the answer even on clean runs
+        if not fallback_site or fallback_site not in store.columns or 'decoder reads only' not in str(e): raise
+        tern_site = fallback_site
+        Xt, Xct = store.numpy(tern_site, flatten=True)[ok], store.numpy(f'clean/{tern_site}', flatten=True)[ok]
+        tern, trec = ternary_labels(Xct, df.answer.to_numpy(), Xt, surv, site=tern_site, **tkw)
+        trec['fallback_from'] = dict(site=probe_site, reason=str(e))
+        rep.p(f"At {probe_site}: {e}. The labels are decided at {tern_site} instead, where the answer is written but cannot "
+              "go unread by any later layer: read readable_unused there with care.")
     store_ternary_labels(store, meta.example_id.to_numpy(), tern, trec)  # failure_class + ternary_site in the store's manifest
     ct = pd.crosstab(df.corruption_type, pd.Series(tern, name='failure_class'))
     _save(ct, folder / 'failure_classes.csv')
-    rep.p(f"ternary labels at {probe_site} (decoder held-out clean accuracy {trec['clean_heldout_accuracy']:.2f}):"); rep.table(ct)
+    rep.p(f"ternary labels at {tern_site} (decoder held-out clean accuracy {trec['clean_heldout_accuracy']:.2f}):"); rep.table(ct)
     probe_rec['ternary'] = trec
     # the causal test of 'readable': the clean answer subspace (decoder fit on the selection half) patched into the scoring half's failures
     sel = split_halves(df.problem_id.to_numpy(), cfg.seed)
     scored = ~surv & (df.family_kind == 'ood').to_numpy() & ~sel
     if scored.any() and len(np.unique(df.answer_id.to_numpy()[sel])) > 1:
-        decoder = MultinomialL1Probe(alpha=cfg.probes.decoder_alpha, solver='torch', tol=1e-4).fit(Xc[sel], df.answer_id.to_numpy()[sel])
-        sub = subspace_rescue(model, pairs.filter(example_id=df.example_id[scored].tolist()), probe_site, decoder,
+        decoder = MultinomialL1Probe(alpha=cfg.probes.decoder_alpha, solver='torch', tol=1e-4).fit(Xct[sel], df.answer_id.to_numpy()[sel])
+        sub = subspace_rescue(model, pairs.filter(example_id=df.example_id[scored].tolist()), tern_site, decoder,
                               k=cfg.probes.subspace_k, n_random=cfg.probes.subspace_n_random, seed=cfg.seed)
         _save(sub, folder / 'subspace_rescue.csv', index=False)
         claims.append(subspace_rescue_claim(sub, 'failed OOD runs of the scoring half'))
@@ -625,7 +636,7 @@ def run_study(cfg: StudyConfig = StudyConfig(), out: str | Path = 'results', pro
             claims.append(decodable_upstream_claim(dtab, model.cfg.n_layers)); probe_rec['decodable_upstream'] = claims[-1].to_dict()
     if n_excluded: rep.p(f"{n_excluded} example(s) with non-finite values are excluded from every label (flag `nonfinite` in the store).")
     atomic_write(folder / 'probes.json', json.dumps(probe_rec, indent=2, default=str))
-    finish('probes', t0, probes=dict(site=probe_site, ternary_site=probe_site, failure_classes=trec['counts'], excluded_nonfinite=n_excluded,
+    finish('probes', t0, probes=dict(site=probe_site, ternary_site=tern_site, failure_classes=trec['counts'], excluded_nonfinite=n_excluded,
                                      survival_cv=probe_rec.get('survival', {}).get('cv_score')))
     if 'sae' not in cfg.phases: return _close(bar, folder)
 

@@ -165,7 +165,7 @@ def subspace_rescue_claim(res: pd.DataFrame,  # `subspace_rescue` output (the ro
     return Claim('answer_subspace_rescues', f"on {what}, patching the clean answer code (the decoder's {res.attrs.get('k')}-dim subspace at "
                  f"{res.attrs.get('hook_name')}) rescues more than random subspaces of the same size",
                  bool(len(r) >= 10 and lo > 0), dict(n=int(len(r)), median_rescue_subspace=float(np.median(r.rescue_subspace)) if len(r) else None,
-                 median_rescue_random=float(np.median(r.rescue_random)) if len(r) else None, median_difference=est, ci=[lo, hi]))
+                 median_rescue_random=float(np.median(r.rescue_random)) if len(r) else None, median_difference=est, ci=[lo, hi], ci_low=lo, ci_high=hi))
 
 # %% ../nbs/07c_ternary.ipynb #155e5f01
 def probe_direction(probe) -> np.ndarray:

@@ -324,3 +324,46 @@ def test_metrics_from_store_subsets(tmp_path):
     assert m_ood['n'] == 512
     ref = sae_metrics(res.sae, x[1::2])
     assert abs(m_ood['mse'] - ref['mse']) < 1e-5
+
+
+def test_heldout_split_and_recovery_by_hand():
+    "The held-out split never splits a clean prompt; per-example recovery is (sae - zero) / (orig - zero), degenerate rows flagged."
+    from actlab.sae_eval import grouped_holdout, example_recovery, recovery_summary
+    g = np.repeat(np.arange(300), 4)
+    h = grouped_holdout(g, 0.25, seed=3)
+    assert pd.Series(h).groupby(g).nunique().max() == 1 and 0.15 < h.mean() < 0.35
+    ld = pd.DataFrame(dict(example_id=range(6), problem_id=[0, 0, 1, 1, 2, 2], kind=['clean', 'corrupted'] * 3,
+                           corruption_type=['id_control', 'junk_words'] * 3, ld_orig=[2., 4., 6., 1., 3., 5.],
+                           ld_sae=[2., 2., 7., 1., 3., 5.], ld_zero=[0., 0., 1., 0.99, 1., 1.]))
+    ex = example_recovery(ld)
+    expect = [(s - z) / (o - z) for o, s, z in zip(ld.ld_orig, ld.ld_sae, ld.ld_zero)]
+    np.testing.assert_allclose(ex.frac_recovered[~ex.degenerate], np.array(expect)[~ex.degenerate.to_numpy()])
+    assert ex.degenerate.tolist() == [False, False, False, True, False, False]
+    s = recovery_summary(ex, n_boot=100)
+    assert s['by_condition']['all']['median'] == np.median([1.0, 0.5, 1.2, 1.0, 1.0])
+    assert s['by_condition']['clean']['median'] == 1.0 and s['by_condition']['ood']['median'] == 0.75
+    assert s['by_condition']['ood']['n_degenerate'] == 1 and s['flags'] == []
+    low = recovery_summary(ex, flag_above=0.9, n_boot=100)  # medians 1.0 (all, clean) exceed 0.9; 0.75 (corrupted, ood) do not
+    assert [f['metric'] for f in low['flags']] == ['task_recovery.all', 'task_recovery.clean']
+
+
+def test_heldout_claims_random_weights_do_not_hold():
+    "A random-weight model and an SAE trained a few steps: the held-out faithfulness claims return 'does not hold'."
+    from actlab.patching import tiny_model
+    from actlab.tasks import TaskConfig, make_pairs, build_word_tokenizer
+    from actlab.capture import pair_activations
+    from actlab.sae_eval import heldout_eval, heldout_claims, grouped_holdout
+    tok = build_word_tokenizer()
+    model = tiny_model(n_layers=2, d_model=32, d_vocab=len(tok)); model.set_tokenizer(tok, default_padding_side='right')
+    pairs = make_pairs(TaskConfig(families=('id_control', 'junk_words'), suffix_lengths=(2,), n_per_cell=40), tok)
+    hook = 'blocks.1.hook_resid_pre'
+    held = grouped_holdout(pairs.df.problem_id, 0.3)
+    x = pair_activations(model, pairs, [hook], 'corrupted')[hook].float()
+    sae = train_sae(SAETrainConfig(d_sae=256, k=2, steps=5, batch_size=16, log_every=5, checkpoint_every=0), x[~held],
+                    hook_name=hook, progress=False).sae
+    text = torch.randint(1, len(tok), (16, 12))
+    h = heldout_eval(model, sae, x[held], pairs.filter(example_id=pairs.df.example_id[held].tolist()), text, n_boot=200)
+    claims = {c.name: c for c in heldout_claims(h)}
+    assert set(claims) == {'sae_few_dead_latents', 'sae_keeps_task_logit_diff', 'sae_recovers_lm_loss'}
+    assert not claims['sae_keeps_task_logit_diff'].holds and not claims['sae_recovers_lm_loss'].holds, claims
+    assert h['n_clean_prompts'] == pairs.df.problem_id[held].nunique()
