@@ -172,7 +172,8 @@ def run_one(path: Path, full: bool, log_dir: Path, timeout: int) -> tuple[list[d
     parser = PARSERS.get(path.name)
     rows = parser(out) if parser else []
     for r in rows: r['command'] = ' '.join(['python', f'bench/{path.name}'] + cmd[2:])
-    if rc != 0 or not rows or all(r['ratio'] is None for r in rows):
+    skipped = any(r['metric'].endswith('(no CUDA device visible)') for r in rows)
+    if rc != 0 or not rows or (all(r['ratio'] is None for r in rows) and not skipped):
         last = (out.strip().splitlines() or [''])[-1][:80]
         why = f'exit {rc}' if rc != 0 else ('no parser for this bench' if parser is None else 'ratio line not found')
         rows = [_row(path.stem, f'{why}: {last}', None, '', '', False if rc != 0 or parser else None)]
