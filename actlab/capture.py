@@ -22,7 +22,7 @@ def _stop_layer(model: HookedTransformer, hooks: Sequence[str]) -> int | None:
         m = re.match(r'blocks\.(\d+)\.', h)
         return int(m.group(1)) if m else -1 if h.startswith('hook_') else model.cfg.n_layers  # embeddings / ln_final, unembed
     top = max(map(layer, hooks)) + 1
-    return top if top < model.cfg.n_layers else None
+    return top if top <= model.cfg.n_layers else None  # n_layers: every block, but neither ln_final nor the unembedding
 
 @torch.no_grad()
 def capture(model: HookedTransformer,  # the model to run (its hooks are read, never left attached)

@@ -19,6 +19,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 from .core import Config, ConfigError, check, state_dict_hash
 from .metrics import correct, logit_diff
+from .capture import capture
 from .tasks import PairSet
 from .store import StoreWriter, ActivationStore, StoreError, to_arrow, LABEL_COLUMNS, combine
 
@@ -189,24 +190,21 @@ def _select(act: Float[Tensor, 'batch pos ...'], positions: str, k: int) -> Floa
 
 def _capture(model, tokens: Int[Tensor, 'batch pos'], hook_names: list[str], positions: str, k: int, full: bool,
              stop_at_layer: int | None) -> tuple[dict[str, Tensor], Float[Tensor, 'batch d_vocab'] | None]:
-    "Activations `{hook: [batch, (pos,) ...]}` at the chosen positions and the last-position logits (or None)."
-    acts = {}
-    if full:
-        logits, cache = model.run_with_cache(tokens)
-        acts = {h: _select(cache[h], positions, k) for h in hook_names}
-        return acts, logits[:, -1]
-    def hook_fn(act, hook): acts[hook.name] = _select(act, positions, k).detach().clone()
-    hooks = [(h, hook_fn) for h in hook_names]
-    if stop_at_layer is None and all(Site(h).layer is not None for h in hook_names):
-        # to the logits, but the unembedding only at the last position (all a logit difference needs)
-        resid = model.run_with_hooks(tokens, fwd_hooks=hooks, stop_at_layer=model.cfg.n_layers)
-        return acts, _last_logits(model, resid)
-    out = model.run_with_hooks(tokens, fwd_hooks=hooks, stop_at_layer=stop_at_layer)
-    return acts, (out[:, -1] if stop_at_layer is None else None)
+    "Activations `{hook: [batch, (pos,) ...]}` at the chosen positions and the last-position logits (None when `stop_at_layer` is set)."
+    # the one capture path (actlab.capture): it stops the forward after the last hooked block; for the logits it also
+    # captures the residual stream after the last block and unembeds its last position only (all a logit difference needs).
+    # `full` (the pilot mode) differs only in which hooks it is given.
+    last = f'blocks.{model.cfg.n_layers - 1}.hook_resid_post'
+    want = list(hook_names) + ([last] if stop_at_layer is None and last not in hook_names else [])
+    got = capture(model, tokens, want, positions='last' if positions == 'answer' else 'all', batch_size=len(tokens))
+    acts = {h: _select(got[h], positions, k) if positions == 'last_k' else got[h] for h in hook_names}
+    if stop_at_layer is not None: return acts, None
+    r = got[last]
+    return acts, _last_logits(model, r[:, None] if positions == 'answer' else r)
 
 def _last_logits(model, resid: Float[Tensor, 'batch pos d_model']) -> Float[Tensor, 'batch d_vocab']:
-    "Logits `[batch, d_vocab]` at the last position from the residual stream after the last block."
-    x = resid[:, -1:]
+    "Logits `[batch, d_vocab]` at the last position from the residual stream after the last block (on the model's device)."
+    x = resid[:, -1:].to(model.cfg.device, model.cfg.dtype)
     if getattr(model, 'ln_final', None) is not None: x = model.ln_final(x)
     return model.unembed(x)[:, -1]
 
@@ -315,8 +313,11 @@ def extract(model,  # a HookedTransformer
             _, cache = model.run_with_cache(probe)
             sites = [Site(h) for h in cache.keys() if h.rsplit('.', 1)[-1] not in NO_POS_HOOKS]
         hook_names = list(dict.fromkeys(s.hook for s in sites))
-        acts, _ = _capture(model, probe, hook_names, cfg.positions, cfg.k, full, stop)
-    missing = [h for h in hook_names if h not in acts]
+        missing = []
+        for h in hook_names:  # a hook that needs a model option does not fire
+            try: _capture(model, probe, [h], cfg.positions, cfg.k, full, stop)
+            except KeyError: missing.append(h)
+        if not missing: acts, _ = _capture(model, probe, hook_names, cfg.positions, cfg.k, full, stop)
     if missing: raise HookNameError(f"hooks {missing} did not fire in a forward pass; they need a model option (e.g. "
                                     "model.set_use_split_qkv_input(True) for hook_q_input, model.set_use_hook_mlp_in(True) for hook_mlp_in)")
     def site_act(a: dict, s: Site) -> torch.Tensor:
@@ -373,7 +374,7 @@ def extract(model,  # a HookedTransformer
                     dst = out[colname(kind, s)]
                     if cfg.positions == 'all': dst[bi, :x.shape[1]] = x
                     else: dst[bi] = x
-            else: logits = _last_logits(model, model(toks_k, stop_at_layer=model.cfg.n_layers))
+            else: _, logits = _capture(model, toks_k, [], 'answer', 1, False, None)  # logits only
             if need_logits:  # the study's one definition of each metric (actlab.metrics)
                 lg = logits.float()
                 ld[kind][bi] = logit_diff(lg, ans, dis).cpu().numpy()

@@ -83,8 +83,80 @@ def parse_saes(out: str) -> list[dict]:
                  '>= 0.9', None if r is None else r >= 0.9)]
 
 
-PARSERS = {'patching_bench.py': parse_patching, 'extract_bench.py': parse_extract, 'probes_bench.py': parse_probes,
+def _result(out: str) -> dict | None:
+    "The JSON a bench prints on its `RESULT {...}` line (the newer benches)."
+    import json
+    for line in reversed(out.splitlines()):
+        if line.startswith('RESULT '): return json.loads(line[7:])
+    return None
+
+
+def parse_extract_saelens(out: str) -> list[dict]:
+    r = _result(out)
+    if r is None: return []
+    acts = r['activations_per_s']
+    what = f"{r['n']} seqs x {r['ctx']} tok, d={r['d_model']}, {r['hook']}"
+    return [_row('extract_saelens_bench', f'activations/s, extraction into the store ({what}): {acts["actlab"]:.0f}/s, '
+                 f'{r["bytes"]["actlab"] / 2**20:.1f} MiB on disk', r['ratio_vs_saelens'],
+                 f'SAELens CacheActivationsRunner, same model/hook/tokens: {acts["saelens"]:.0f}/s, {r["bytes"]["saelens"] / 2**20:.1f} MiB',
+                 '>= 1.0', r['ratio_vs_saelens'] >= 1.0),
+            _row('extract_saelens_bench', 'activations/s, extraction vs a bare forward to the same layer', r['ratio_vs_bare'],
+                 f'bare run_with_hooks(stop_at_layer), same batches: {acts["bare"]:.0f}/s', 'none set (<= 1)', None),
+            _row('extract_saelens_bench', 'max abs difference of the stored activations vs SAELens', r['max_abs_diff'], 'same',
+                 '<= 1e-6', r['max_abs_diff'] <= 1e-6)]
+
+
+def parse_probes_fair(out: str) -> list[dict]:
+    r = _result(out)
+    if r is None: return []
+    ours = r['sides']['actlab L1LogisticProbe torch (FISTA)']
+    rows = []
+    for k, sp in r['speedup'].items():
+        b = r['sides'][k]
+        ok = ours['converged'] and b['converged']
+        rows.append(_row('probes_fair_bench', f"L1 logistic fit speedup ({r['n']} x {r['d']}, tol {r['tol']}; objective gap ours "
+                         f"{ours['objective_gap']:.1e}, theirs {b['objective_gap']:.1e})", sp,
+                         f"{k} on the same standardized X, converged={b['converged']}", 'none set (> 1 = faster)', None if ok else False))
+    return rows
+
+
+def parse_sae_saelens(out: str) -> list[dict]:
+    r = _result(out)
+    if r is None: return []
+    rows = [_row('sae_saelens_bench', f"SAE training samples/s from the store ({r['steps']} steps, batch {r['batch']}, d_in {r['d_in']}, "
+                 f"d_sae {r['d_sae']}): {r['samples_per_s']['actlab']:.0f}/s", r['ratio'],
+                 f"SAELens LanguageModelSAETrainingRunner on its cached activations: {r['samples_per_s']['saelens']:.0f}/s",
+                 '>= 0.95', r['ratio'] >= 0.95)]
+    if r.get('rss'):
+        m = r['rss']
+        rows.append(_row('sae_saelens_bench', f"peak RSS training from a {m['rows']}-row store ({m['store_mb']:.0f} MB) vs a "
+                         f"{m['small_rows']}-row one", m['ratio'], f"the {m['small_rows']}-row store: {m['small_peak_mb']:.0f} MB",
+                         'flat: <= 1.5', m['ratio'] <= 1.5))
+    return rows
+
+
+def parse_gpu_smoke(out: str) -> list[dict]:
+    if 'skipped' in out: return [_row('gpu_smoke', 'CUDA smoke run: skipped (no CUDA device visible)', None, '', '', None)]
+    r = _result(out)
+    if r is None: return []
+    return [_row('gpu_smoke', f"CUDA: {k}", v.get('seconds'), v.get('note', ''), 'runs', v.get('ok')) for k, v in r['phases'].items()]
+
+
+PARSERS = {'extract_saelens_bench.py': parse_extract_saelens, 'probes_fair_bench.py': parse_probes_fair,
+           'sae_saelens_bench.py': parse_sae_saelens, 'gpu_smoke.py': parse_gpu_smoke,
+           'patching_bench.py': parse_patching, 'extract_bench.py': parse_extract, 'probes_bench.py': parse_probes,
            'saes_bench.py': parse_saes, 'atp_bench.py': parse_atp, 'path_bench.py': parse_path}
+
+
+def hardware() -> dict:
+    import platform, torch
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in open('/proc/cpuinfo'):
+            if line.startswith('model name'): cpu = line.split(':', 1)[1].strip(); break
+    except OSError: pass
+    return dict(cpu=cpu, cpus=os.cpu_count(), omp_threads=os.environ.get('OMP_NUM_THREADS', 'unset'), torch=torch.__version__,
+                cuda=torch.cuda.get_device_name(0) if torch.cuda.is_available() else None, python=platform.python_version())
 
 
 def run_one(path: Path, full: bool, log_dir: Path, timeout: int) -> tuple[list[dict], float]:
@@ -99,7 +171,9 @@ def run_one(path: Path, full: bool, log_dir: Path, timeout: int) -> tuple[list[d
     (log_dir / f'{path.stem}.log').write_text(f'$ {" ".join(cmd)}\n{out}')
     parser = PARSERS.get(path.name)
     rows = parser(out) if parser else []
-    if rc != 0 or not rows or all(r['ratio'] is None for r in rows):
+    for r in rows: r['command'] = ' '.join(['python', f'bench/{path.name}'] + cmd[2:])
+    skipped = any(r['metric'].endswith('(no CUDA device visible)') for r in rows)
+    if rc != 0 or not rows or (all(r['ratio'] is None for r in rows) and not skipped):
         last = (out.strip().splitlines() or [''])[-1][:80]
         why = f'exit {rc}' if rc != 0 else ('no parser for this bench' if parser is None else 'ratio line not found')
         rows = [_row(path.stem, f'{why}: {last}', None, '', '', False if rc != 0 or parser else None)]
@@ -121,6 +195,7 @@ def main(argv=None) -> int:
     ap.add_argument('--only', action='append', default=None, help='run only this bench file (repeatable)')
     ap.add_argument('--log-dir', default=None, help='keep each bench output here')
     ap.add_argument('--timeout', type=int, default=3600, help='seconds per bench')
+    ap.add_argument('--results', default=str(HERE / 'results.json'), help='write the rows, hardware and commands here (read by bench/render_perf.py)')
     a = ap.parse_args(argv)
     benches = sorted(p for p in HERE.glob('*.py') if p.name != Path(__file__).name and not p.name.startswith('_'))
     if a.only: benches = [p for p in benches if p.name in a.only]
@@ -133,6 +208,15 @@ def main(argv=None) -> int:
         print(f'  {secs:.0f} s', file=sys.stderr, flush=True)
         rows += r
     print(table(rows))
+    import datetime, json
+    hw = hardware()
+    prev = json.loads(Path(a.results).read_text()) if Path(a.results).exists() else {}
+    keep = [r for r in prev.get('rows', []) if r['bench'] not in {p.stem for p in benches}]  # rows of benches not rerun now
+    Path(a.results).write_text(json.dumps(dict(rows=keep + [dict(r, hardware=hw, mode='full' if a.full else 'quick',
+                                                                  date=datetime.date.today().isoformat()) for r in rows],
+                                               command=' '.join(['python', 'bench/run_all.py'] + (argv or sys.argv[1:]))), indent=1))
+    print(f"hardware: {hw['cpu']}, {hw['cpus']} CPUs, OMP_NUM_THREADS={hw['omp_threads']}, torch {hw['torch']}, CUDA {hw['cuda']}")
+    print(f'rows written to {a.results} (python bench/render_perf.py puts them into the README)')
     print(f'\nthreads: OMP_NUM_THREADS={os.environ.get("OMP_NUM_THREADS", "unset")}; full outputs in {log_dir}')
     return 1 if any(r['result'] == 'FAIL' for r in rows) else 0
 

@@ -283,3 +283,19 @@ def test_default_model(tmp_path):
     meta = st.metadata()
     # the trained model gets the in-distribution controls mostly right
     assert (meta[meta.corruption_type == 'id_control'].logit_diff_clean > 0).mean() > 0.5
+
+
+def test_bfloat16_model_extracts_float32_close_to_the_float32_model(mp, tmp_path):
+    "A model run in bfloat16 (as on a GPU) extracts through the same path; the store holds float32 near the float32 model's values."
+    model, pairs = mp
+    m16 = build()[0].to(torch.bfloat16)
+    assert next(m16.parameters()).dtype == torch.bfloat16
+    cfg = ExtractConfig(hooks=('blocks.1.hook_resid_pre',), progress=False)
+    a = extract(model, pairs, tmp_path / 'f32', cfg)
+    b = extract(m16, pairs, tmp_path / 'bf16', cfg)
+    x, y = a.numpy('blocks.1.hook_resid_pre'), b.numpy('blocks.1.hook_resid_pre')
+    assert y.dtype == np.float32 and np.isfinite(y).all()
+    assert not np.array_equal(x, y)  # it really ran in bfloat16
+    np.testing.assert_allclose(y, x, atol=0.1 * np.abs(x).max())  # bfloat16 keeps 8 bits of mantissa
+    ld_a, ld_b = (s.metadata().sort_values('example_id').logit_diff_corrupted.to_numpy() for s in (a, b))
+    assert np.isfinite(ld_b).all() and np.corrcoef(ld_a, ld_b)[0, 1] > 0.9
