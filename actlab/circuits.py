@@ -4,7 +4,7 @@
 
 # %% ../nbs/09b_circuits.ipynb #bd88a922
 from __future__ import annotations
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import numpy as np
@@ -138,14 +138,14 @@ def feature_effects(model, saes: dict,  # `{hook name: SAE}` (see `site_saes`)
                     ok = moved[torch.arange(n), fr]
                     if not ok.any(): continue
                     sel = ok.nonzero().squeeze(1)
-                    def pf(t, sel=sel, fr=fr, h=h):
+                    def pf(t, sel=sel, fr=fr, h=h, P=P, fc=fc):
                         t = t.clone()
                         for p in P.nonzero().squeeze(1).tolist():
                             t[torch.arange(len(sel)), p, fr[sel]] = fc[h][sel, p, fr[sel]]
                         return t
                     lp, _, _ = _node_run(hm, saes, hooks, xt[sel], patch={(h, 'f'): pf})
                     exact[sel, fr[sel]] = mfn(lp[:, -1], a[sel], d[sel]).float() - mx[sel]
-                def pe(t, h=h):
+                def pe(t, h=h, P=P, ec=ec):
                     t = t.clone(); t[:, P] = ec[h][:, P]; return t
                 lp, _, _ = _node_run(hm, saes, hooks, xt, patch={(h, 'e'): pe})
                 exact_e = mfn(lp[:, -1], a, d).float() - mx
@@ -263,7 +263,7 @@ def circuit_edges(model, saes: dict, pairs, nodes: pd.DataFrame, positions: str 
         gm = torch.autograd.grad(mx.sum(), [fx[h] for h in hooks] + [ex[h] for h in hooks], retain_graph=True, allow_unused=True)
         gf, ge = dict(zip(hooks, gm[:len(hooks)])), dict(zip(hooks, gm[len(hooks):]))
         meta.append(g.df[['example_id', 'problem_id']])
-        def contrib(h, feature, Jf, Je):
+        def contrib(h, feature, Jf, Je, P=P, fc=fc, fx=fx, ec=ec, ex=ex):
             if feature == 'error': return ((ec[h] - ex[h].detach()) * Je)[:, P].sum((1, 2))
             i = int(feature); return ((fc[h][..., i] - fx[h].detach()[..., i]) * Jf[..., i])[:, P].sum(1)
         for up, down in zip(hooks, hooks[1:]):
