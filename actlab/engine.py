@@ -7,7 +7,7 @@ from __future__ import annotations
 import contextlib, dataclasses, os, shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import pandas as pd

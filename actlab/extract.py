@@ -6,7 +6,7 @@
 from __future__ import annotations
 import difflib, hashlib, json, re, contextlib
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -21,7 +21,7 @@ from .core import Config, ConfigError, check, state_dict_hash
 from .metrics import correct, logit_diff
 from .capture import capture
 from .tasks import PairSet
-from .store import StoreWriter, ActivationStore, StoreError, to_arrow, LABEL_COLUMNS, combine
+from .store import StoreWriter, ActivationStore, to_arrow
 
 # %% auto #0
 __all__ = ['HEAD_HOOKS', 'NO_POS_HOOKS', 'run', 'HookNameError', 'Site', 'check_sites', 'recipe_sites', 'rescue_table',

@@ -4,7 +4,7 @@
 
 # %% ../nbs/09_features.ipynb #1c325b4d
 from __future__ import annotations
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
@@ -15,7 +15,7 @@ import plotly.graph_objects as go
 from .core import Config, check
 from .baseline import answer_direction
 from .capture import capture
-from .metrics import metric_fn, METRICS
+from .metrics import metric_fn
 from .patching import rescue_scores
 
 # %% auto #0

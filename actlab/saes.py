@@ -7,13 +7,13 @@ from __future__ import annotations
 import json, math, os, shutil, tempfile, time, warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 import pandas as pd
 import torch
 from tqdm.auto import tqdm
-from sae_lens import SAE, SAETrainer
+from sae_lens import SAETrainer
 from sae_lens.config import SAETrainerConfig, LoggingConfig
 from .core import Config, ConfigError, check, check_device, atomic_write, atomic_write_json
 
@@ -140,7 +140,7 @@ class StoreProvider:
                  seed: int = 0,  # shard order and mixing seed
                  buffer_size: int | None = None,  # mixing buffer size (default: the store's, 8 batches)
                  mix_fraction: float = 0.5):  # mixing_buffer's fraction kept back for mixing
-        from actlab.store import ActivationStore, StoreError
+        from actlab.store import ActivationStore
         self.store = store if isinstance(store, ActivationStore) else ActivationStore(store)
         if subset not in SUBSETS: raise ValueError(f"subset must be one of {SUBSETS}, got {subset!r}")
         sites = [c for c in self.store.activation_columns if not c.startswith('clean/')]
@@ -521,7 +521,6 @@ def train_sae(cfg: SAETrainConfig,
     model = model or getattr(provider, 'model', None)
     desc = dict(config=cfg.to_dict(), data=provider.describe(), hook_name=hook_name, model=model)
     run_dir = Path(run_dir) if run_dir is not None else None
-    ckpt = None
     if run_dir is not None:
         cpath = run_dir / 'config.json'
         if cpath.exists():

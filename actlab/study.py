@@ -525,7 +525,6 @@ def run_study(cfg: StudyConfig = StudyConfig(), out: str | Path = 'results', pro
     _save(scores, folder / 'baseline_scores.parquet'); _save(table, folder / 'baseline_conditions.csv', index=False)
     rep.h('A. Baseline: accuracy and logit difference per condition')
     rep.fig(plot_condition_intervals(table)); rep.fig(plot_condition_intervals(table, 'logit_diff'))
-    add_claims(folder, phenomenon_claims(table))  # the findings box reads claims.json
     worst = table[~table.condition.isin(['plain', 'id_control_prompt', 'id_control'])].sort_values('accuracy').iloc[0]
     rep.p(f"Hardest condition: {worst.condition} at suffix length {int(worst.suffix_length)} (accuracy {worst.accuracy:.2f}); "
           "where the answer is written there, against the ID control:")
@@ -700,18 +699,18 @@ def run_study(cfg: StudyConfig = StudyConfig(), out: str | Path = 'results', pro
         _save(resc, folder / 'features_rescue.parquet')
         rep.fig(plot_suppressed(sup)); rep.fig(plot_junk(junk)); rep.fig(plot_rescue(resc))
         ood = resc[resc.corruption_type != 'id_control']
-        circuits_rec = _circuit_phase(cfg, model, pairs, sae, sae_site, best, folder, rep)
+        circuits_rec = _circuit_phase(cfg, model, pairs, sae, sae_site, best, folder, rep, claims)
         finish('features', t0, features=dict(n_suppressed_rows=len(sup), n_junk_rows=len(junk),
                                              median_rescue_ood=float(ood.rescue.median()) if ood.rescue.notna().any() else None,
                                              most_suppressed=sup.feature.value_counts().index[:cfg.features.top_k].tolist()),
                circuits=circuits_rec)
     return _close(bar, folder)
 
-def _circuit_phase(cfg: 'StudyConfig', model, pairs, sae, sae_site: str, best: pd.DataFrame, folder: Path, rep: 'Report') -> dict:
+def _circuit_phase(cfg: 'StudyConfig', model, pairs, sae, sae_site: str, best: pd.DataFrame, folder: Path, rep: 'Report', all_claims: list) -> dict:
     "Phase E as feature circuits (`actlab.circuits`): effects table, agreement, circuits of the worst family and the ID control, held-out interventions, claims."
     from actlab.circuits import (circuit_sites, circuit_subset, site_saes, feature_effects, effects_agreement, family_circuits,
                                  heldout_interventions, intervention_table, agreement_claim, circuit_claim, intervention_claim,
-                                 plot_circuit, add_claims)
+                                 plot_circuit)
     from actlab.tasks import family_kind
     fc = cfg.features
     metric = cfg.patching.metric if cfg.patching.metric in ('margin', 'logit_diff') else 'margin'
@@ -733,7 +732,7 @@ def _circuit_phase(cfg: 'StudyConfig', model, pairs, sae, sae_site: str, best: p
     _save(iv, folder / 'feature_interventions.parquet')
     ivt = intervention_table(iv) if len(iv) else pd.DataFrame(); _save(ivt, folder / 'feature_interventions.csv', index=False)
     claims = [agreement_claim(eff)] + [circuit_claim(c) for c in circs.values()] + [intervention_claim(iv)]
-    add_claims(folder / 'claims.json', claims)
+    all_claims.extend(claims)  # the study's list: claims.json is written when the phase finishes
     atomic_write(folder / 'circuits.json', json.dumps({f: c.to_dict() for f, c in circs.items()}, indent=2, default=str))
     rep.h(f"E. Feature circuits: SAEs at {sites}, {len(sub)} pairs, metric {metric}")
     rep.p('Attribution patching against exact patching, per site (Spearman rho, top-k overlap):'); rep.table(ag)
