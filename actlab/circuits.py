@@ -603,7 +603,8 @@ def sparse_probing(model,  # a `HookedTransformer`
                    ) -> pd.DataFrame:
     """Does a k-sparse probe on the SAE's latents predict `correct` (of the corrupted run) as well as a dense probe on the same
     site? Latents are picked on each training fold by |mean difference| between the classes; folds are grouped by clean prompt."""
-    from actlab.probes import L1LogisticProbe, cv_splits
+    from actlab.probes import L1LogisticProbe
+    from actlab.probe_selection import cv_splits
     hook = sae_hook(sae)
     X, y = _answer_inputs(model, pairs, hook)
     check(0 < y.sum() < len(y), f"`correct` takes one value on all {len(y)} runs: nothing to predict")
