@@ -76,7 +76,9 @@ class FeatureActs:
 
     @property
     def d_sae(self) -> int: return self.clean.shape[1]
-    def cells(self, by: Sequence[str] = ('corruption_type', 'suffix_length')):
+    def cells(self,
+              by: Sequence[str] = ('corruption_type', 'suffix_length'),  # the columns of `df` that define a cell
+              ):
         "(key, row mask) per `by` cell."
         for key, idx in self.df.groupby(list(by)).indices.items(): yield key, idx
 
