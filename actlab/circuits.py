@@ -10,6 +10,8 @@ from typing import Callable, Sequence
 import numpy as np
 import pandas as pd
 import torch
+from jaxtyping import Int
+from torch import Tensor
 import plotly.graph_objects as go
 from .core import check
 from .metrics import metric_fn, correct, bootstrap_ci, split_halves, Claim, METRICS
@@ -24,8 +26,14 @@ __all__ = ['POSITIONS', 'CLICK_JS', 'RESIDUAL_HOOKS', 'site_saes', 'splice_saes'
            'sparse_probing', 'topk_share', 'circuit_sites', 'circuit_subset', 'add_claims']
 
 # %% ../nbs/09b_circuits.ipynb #50d234f6
-def site_saes(model, pairs, hooks: Sequence[str],  # the implicated sites (hook names), e.g. phase B's top residual sites
-              d_sae: int = 128, k: int = 8, steps: int = 300, seed: int = 0) -> dict:
+def site_saes(model,  # a `HookedTransformer`
+              pairs,  # an `actlab.tasks.PairSet`: every token of its prompts trains the SAEs
+              hooks: Sequence[str],  # the implicated sites (hook names), e.g. phase B's top residual sites
+              d_sae: int = 128,  # latents per SAE
+              k: int = 8,  # active latents per token (top-k)
+              steps: int = 300,  # training steps per SAE
+              seed: int = 0,  # seed of the first SAE (the i-th uses `seed + i`)
+              ) -> dict:
     "One small top-k SAE per hook (trained with `actlab.saes.train_sae` on every token of `pairs`): `{hook: SAE}`."
     check(len(hooks) > 0, "hooks must name at least one site, e.g. ['blocks.1.hook_resid_pre']")
     bad = [h for h in hooks if h not in model.hook_dict]
@@ -41,7 +49,9 @@ def _ordered(model, saes: dict) -> list[str]:
     return sorted(saes, key=order.get)
 
 # %% ../nbs/09b_circuits.ipynb #5f33e36d
-def splice_saes(model, saes: dict):
+def splice_saes(model,  # a `HookedTransformer`
+                saes: dict,  # `{hook name: SAE}` (see `site_saes`)
+                ):
     "A `HookedSAETransformer` copy of `model` with every SAE of `saes` attached with `use_error_term=True`."
     from actlab.sae_eval import as_sae_transformer
     hm = as_sae_transformer(model)
@@ -50,7 +60,10 @@ def splice_saes(model, saes: dict):
     return hm
 
 @torch.no_grad()
-def spliced_gap(model, saes: dict, tokens: torch.Tensor) -> float:
+def spliced_gap(model,  # a `HookedTransformer`
+                saes: dict,  # `{hook name: SAE}` (see `site_saes`)
+                tokens: Int[Tensor, "n seq"],  # the prompts
+                ) -> float:
     "Max |logits(spliced, error terms kept) − logits(original)|: zero up to float error."
     return float((splice_saes(model, saes)(tokens) - model(tokens)).abs().max())
 
@@ -92,7 +105,8 @@ def _meta(g) -> pd.DataFrame:
     cols = ['example_id', 'problem_id', 'corruption_type', 'suffix_length']
     return g.df[cols].rename(columns={'corruption_type': 'family'}).reset_index(drop=True)
 
-def feature_effects(model, saes: dict,  # `{hook name: SAE}` (see `site_saes`)
+def feature_effects(model,  # a `HookedTransformer`
+                    saes: dict,  # `{hook name: SAE}` (see `site_saes`)
                     pairs,  # an `actlab.tasks.PairSet`
                     metric: str = 'margin',  # one of `actlab.metrics.METRICS`
                     positions: str = 'last',  # nodes at the answer position only, or summed over every position ('all')
@@ -217,7 +231,13 @@ class Circuit:
                     accuracy_drop=dict(zip(('est', 'ci_low', 'ci_high'), self.accuracy_drop)),
                     nodes=self.nodes.to_dict('records'), edges=self.edges[self.edges.kept].to_dict('records'))
 
-def circuit_nodes(effects: pd.DataFrame, family: str, n_nodes: int = 5, method: str = 'exact', subset: str = 'broken', n_boot: int = 1000):
+def circuit_nodes(effects: pd.DataFrame,  # `feature_effects`' table
+                  family: str,  # the corruption family
+                  n_nodes: int = 5,  # features per site
+                  method: str = 'exact',  # the effects used: 'exact' or 'atp'
+                  subset: str = 'broken',  # 'broken' (clean correct, corrupted wrong; 'all' if there are none) or 'all'
+                  n_boot: int = 1000,  # bootstrap resamples
+                  ):
     "The `n_nodes` features per site with the largest mean |effect| (plus every site's error node), with intervals by clean prompt."
     check(method in ('atp', 'exact'), f"method must be 'atp' or 'exact', got {method!r}")
     ex = _examples(effects, family, subset)
@@ -246,8 +266,14 @@ def circuit_nodes(effects: pd.DataFrame, family: str, n_nodes: int = 5, method: 
     return pd.DataFrame(rows), bootstrap_ci(share, groups, n_boot=n_boot), bootstrap_ci(drop, fam.problem_id.to_numpy(), n_boot=n_boot), ex, subset
 
 # %% ../nbs/09b_circuits.ipynb #19f5829b
-def circuit_edges(model, saes: dict, pairs, nodes: pd.DataFrame, positions: str = 'last', metric: str = 'margin',
-                  n_boot: int = 1000) -> pd.DataFrame:
+def circuit_edges(model,  # a `HookedTransformer`
+                  saes: dict,  # `{hook name: SAE}` (see `site_saes`)
+                  pairs,  # an `actlab.tasks.PairSet`: the runs the edges are averaged over
+                  nodes: pd.DataFrame,  # the circuit's nodes (`circuit_nodes`' first value)
+                  positions: str = 'last',  # nodes at the answer position ('last') or summed over every position ('all')
+                  metric: str = 'margin',  # 'margin' or 'logit_diff' (differentiable)
+                  n_boot: int = 1000,  # bootstrap resamples
+                  ) -> pd.DataFrame:
     """Edges between `nodes` of consecutive SAEs: `∇_d m · ∂d/∂u · Δu` (AtP through the downstream node, Marks et al. 2024),
     per example, averaged with an interval by clean prompt; plus each last-site node's edge into the metric (its AtP effect)."""
     hooks = _ordered(model, saes)
@@ -286,8 +312,18 @@ def circuit_edges(model, saes: dict, pairs, nodes: pd.DataFrame, positions: str 
     return pd.DataFrame(rows, columns=['src_site', 'src_feature', 'dst_site', 'dst_feature', 'weight', 'lo', 'hi'])
 
 # %% ../nbs/09b_circuits.ipynb #4327096b
-def family_circuit(model, saes: dict, pairs, effects: pd.DataFrame, family: str, n_nodes: int = 5, edge_threshold: float = 0.05,
-                   method: str = 'exact', subset: str = 'broken', positions: str = 'last', n_boot: int = 1000) -> Circuit:
+def family_circuit(model,  # a `HookedTransformer`
+                   saes: dict,  # `{hook name: SAE}` (see `site_saes`)
+                   pairs,  # an `actlab.tasks.PairSet` (the runs of `effects`)
+                   effects: pd.DataFrame,  # `feature_effects`' table
+                   family: str,  # the corruption family
+                   n_nodes: int = 5,  # features per site
+                   edge_threshold: float = 0.05,  # keep edges with |weight| at least this fraction of the largest
+                   method: str = 'exact',  # the effects used: 'exact' or 'atp'
+                   subset: str = 'broken',  # 'broken' (clean correct, corrupted wrong) or 'all'
+                   positions: str = 'last',  # nodes at the answer position ('last') or summed over every position ('all')
+                   n_boot: int = 1000,  # bootstrap resamples
+                   ) -> Circuit:
     "The circuit of `family`: top nodes per site, edges between consecutive sites kept where |weight| ≥ `edge_threshold` × the largest."
     nodes, share, drop, ex, subset = circuit_nodes(effects, family, n_nodes, method, subset, n_boot)
     metric = str(effects.metric.iloc[0])
@@ -296,7 +332,12 @@ def family_circuit(model, saes: dict, pairs, effects: pd.DataFrame, family: str,
     edges['kept'] = edges.weight.abs() >= edge_threshold * top if top > 0 else False
     return Circuit(family, nodes, edges, share, drop, len(ex), subset, method)
 
-def family_circuits(model, saes: dict, pairs, effects: pd.DataFrame, families: Sequence[str] | None = None, **kw) -> dict:
+def family_circuits(model,  # a `HookedTransformer`
+                    saes: dict,  # `{hook name: SAE}` (see `site_saes`)
+                    pairs,  # an `actlab.tasks.PairSet` (the runs of `effects`)
+                    effects: pd.DataFrame,  # `feature_effects`' table
+                    families: Sequence[str] | None = None,  # the families; None: every family of `effects`
+                    **kw) -> dict:
     "`family_circuit` for every family of `effects` (or `families`): `{family: Circuit}`."
     fams = list(families) if families is not None else sorted(effects.family.unique())
     return {f: family_circuit(model, saes, pairs, effects, f, **kw) for f in fams}
@@ -305,7 +346,8 @@ def family_circuits(model, saes: dict, pairs, effects: pd.DataFrame, families: S
 def _short(site: str) -> str:
     return site.replace('blocks.', 'L').replace('.hook_', ' ').replace('hook_', '')
 
-def circuit_layout(c: Circuit) -> pd.DataFrame:
+def circuit_layout(c: Circuit,  # a family's circuit
+                   ) -> pd.DataFrame:
     "Node positions: x = the site's order (the metric last), y = rank by effect within the site."
     n = c.nodes.sort_values(['site_index', 'effect'], ascending=[True, False]).copy()
     n['y'] = n.groupby('site_index').cumcount().astype(float)
@@ -316,7 +358,9 @@ def circuit_layout(c: Circuit) -> pd.DataFrame:
     m['x'] = m.site_index.astype(float)
     return pd.concat([n, m], ignore_index=True)
 
-def plot_circuit(c: Circuit, title: str | None = None) -> go.Figure:
+def plot_circuit(c: Circuit,  # a family's circuit
+                 title: str | None = None,  # None: the family, run count and error-node share
+                 ) -> go.Figure:
     "The circuit as a graph: one column per SAE site then the metric; nodes coloured by effect; kept edges, width ∝ |weight|."
     L = circuit_layout(c)
     pos = {(r.site, r.feature): (r.x, r.y) for r in L.itertuples()}
@@ -348,7 +392,9 @@ def plot_circuit(c: Circuit, title: str | None = None) -> go.Figure:
     return fig.update_layout(title=t, height=420, width=260 + 170 * len(sites), plot_bgcolor='white', showlegend=False)
 
 # %% ../nbs/09b_circuits.ipynb #6248a567
-def circuit_view(c: Circuit, on_click: Callable[[str, str], None]):
+def circuit_view(c: Circuit,  # a family's circuit
+                 on_click: Callable[[str, str], None],  # called with `(site, feature)` of the clicked node
+                 ):
     "A `go.FigureWidget` of `plot_circuit(c)`; clicking a node calls `on_click(site, feature)` (feature: index as a string, or 'error')."
     fw = go.FigureWidget(plot_circuit(c))
     nodes = next(t for t in fw.data if t.name == 'nodes')
@@ -367,7 +413,10 @@ gd.on('plotly_click', function(ev) {{
   if (window.actlabOpenFeature) window.actlabOpenFeature(site, feature);
 }});'''
 
-def circuit_html(c: Circuit, path=None, include_plotlyjs: bool | str = True) -> str:
+def circuit_html(c: Circuit,  # a family's circuit
+                 path=None,  # where to write the page; None: only return it
+                 include_plotlyjs: bool | str = True,  # as in plotly's `to_html` (True: inline plotly.js)
+                 ) -> str:
     """A self-contained page of the circuit (plotly.js inlined: no CDN); a node click writes `site feature` into
     `#circuit-selected` and calls `window.actlabOpenFeature(site, feature)` where the page defines it."""
     from pathlib import Path
@@ -379,7 +428,11 @@ def circuit_html(c: Circuit, path=None, include_plotlyjs: bool | str = True) -> 
 
 # %% ../nbs/09b_circuits.ipynb #aadafa60
 @torch.no_grad()
-def firing_rates(model, saes: dict, pairs, kind: str = 'corrupted') -> dict:
+def firing_rates(model,  # a `HookedTransformer`
+                 saes: dict,  # `{hook name: SAE}` (see `site_saes`)
+                 pairs,  # an `actlab.tasks.PairSet`
+                 kind: str = 'corrupted',  # which prompt of each pair: 'clean' or 'corrupted'
+                 ) -> dict:
     "Per site, the fraction of `pairs`' `kind` runs on which each feature fires at the answer position: `{hook: [d_sae]}`."
     from actlab.features import encode_at
     out = {}
@@ -388,7 +441,12 @@ def firing_rates(model, saes: dict, pairs, kind: str = 'corrupted') -> dict:
         out[h] = (acts > 0).float().mean(0).numpy()
     return out
 
-def matched_controls(selected: Sequence[tuple[str, int]], rates: dict, n_controls: int = 5, pool: int = 10, seed: int = 0) -> list[list[tuple[str, int]]]:
+def matched_controls(selected: Sequence[tuple[str, int]],  # the selected (site, feature) pairs
+                     rates: dict,  # `firing_rates`' `{hook: [d_sae]}`
+                     n_controls: int = 5,  # how many control sets
+                     pool: int = 10,  # draw among this many unselected features nearest in firing rate
+                     seed: int = 0,  # the draw's seed
+                     ) -> list[list[tuple[str, int]]]:
     "`n_controls` sets of features, each feature drawn at the same site among the `pool` unselected features nearest in firing rate."
     rng = np.random.default_rng(seed)
     chosen = set(selected)
@@ -420,10 +478,19 @@ def _restore_run(hm, saes, hooks, g, feats: Sequence[tuple[str, int]], positions
 
 # %% ../nbs/09b_circuits.ipynb #170c732b
 @torch.no_grad()
-def heldout_interventions(model, saes: dict, pairs, effects: pd.DataFrame,
+def heldout_interventions(model,  # a `HookedTransformer`
+                          saes: dict,  # `{hook name: SAE}` (see `site_saes`)
+                          pairs,  # an `actlab.tasks.PairSet` (the runs of `effects`)
+                          effects: pd.DataFrame,  # `feature_effects`' table
                           k: int = 5,  # features restored per family
-                          n_controls: int = 5, pool: int = 10, method: str = 'exact', positions: str = 'last',
-                          seed: int = 0, eps: float = 0.1, rel: float = 0.1) -> pd.DataFrame:
+                          n_controls: int = 5,  # firing-rate-matched control sets (`matched_controls`)
+                          pool: int = 10,  # each control feature is drawn among this many nearest in firing rate
+                          method: str = 'exact',  # the effects used for selection: 'exact' or 'atp'
+                          positions: str = 'last',  # restore at the answer position ('last') or every position ('all')
+                          seed: int = 0,  # seed of the halves and of the controls
+                          eps: float = 0.1,  # absolute part of the degenerate guard (`rescue_scores`)
+                          rel: float = 0.1,  # relative part: degenerate when |clean − corrupted| < max(eps, rel·|clean|)
+                          ) -> pd.DataFrame:
     """Per OOD family: select the `k` features with the largest mean effect on the *selection* half's broken runs (split by clean
     prompt, `actlab.metrics.split_halves`), restore their clean values on the *scoring* half's broken runs, and compare the
     rescue with `n_controls` sets of features matched in firing rate. One row per scored example."""
@@ -457,7 +524,10 @@ def heldout_interventions(model, saes: dict, pairs, effects: pd.DataFrame,
     cols = ['example_id', 'problem_id', 'family', 'suffix_length', 'degenerate', 'rescue_selected', 'rescue_control', 'rescue_gain', 'selected', 'metric']
     return pd.concat(rows, ignore_index=True) if rows else pd.DataFrame(columns=cols)
 
-def intervention_table(t: pd.DataFrame, by: Sequence[str] = ('family', 'suffix_length'), n_boot: int = 1000) -> pd.DataFrame:
+def intervention_table(t: pd.DataFrame,  # `heldout_interventions`' table
+                       by: Sequence[str] = ('family', 'suffix_length'),  # the columns that define a cell
+                       n_boot: int = 1000,  # bootstrap resamples
+                       ) -> pd.DataFrame:
     "Median rescue (selected features, matched controls, their difference) per `by` cell with intervals by clean prompt."
     rows = []
     for key, g in t.groupby(list(by)):
@@ -473,7 +543,10 @@ def _broken_ids(effects: pd.DataFrame) -> np.ndarray:
     ex = effects.drop_duplicates('example_id')
     return ex.example_id[ex.correct_clean & ~ex.correct_corrupted].to_numpy()
 
-def agreement_claim(effects: pd.DataFrame, min_rho: float = 0.5, min_examples: int = 10) -> Claim:
+def agreement_claim(effects: pd.DataFrame,  # `feature_effects`' table
+                    min_rho: float = 0.5,  # the Spearman ρ every site must reach
+                    min_examples: int = 10,  # broken runs needed for a verdict
+                    ) -> Claim:
     "AtP ranks the features of the runs the suffix broke as exact patching does: Spearman ρ ≥ `min_rho` at every site."
     ids = _broken_ids(effects)
     ag = effects_agreement(effects[effects.example_id.isin(ids)]) if len(ids) else pd.DataFrame(columns=['site', 'spearman_features', 'topk_overlap'])
@@ -482,7 +555,9 @@ def agreement_claim(effects: pd.DataFrame, min_rho: float = 0.5, min_examples: i
     return Claim('atp_agrees_with_exact', f"on the runs the suffix broke, attribution patching ranks SAE features as exact patching does (Spearman ρ ≥ {min_rho} at every site)",
                  holds, dict(n_broken=int(len(ids)), min_rho=min_rho, per_site=ag[['site', 'spearman_features', 'topk_overlap']].to_dict('records')))
 
-def circuit_claim(c: Circuit, max_error_share: float = 0.5) -> Claim:
+def circuit_claim(c: Circuit,  # a family's circuit
+                  max_error_share: float = 0.5,  # the error-node share's interval must lie below this
+                  ) -> Claim:
     """The suffix breaks the answer in this family (accuracy drop's interval above 0) and SAE features, not the error nodes,
     carry the effect (error share's interval below `max_error_share`, and at least one answer or junk feature with an interval above 0)."""
     sig = c.nodes[(c.nodes.role.isin(['answer', 'junk'])) & (c.nodes.lo > 0)]
@@ -493,7 +568,10 @@ def circuit_claim(c: Circuit, max_error_share: float = 0.5) -> Claim:
                              answer_features=sig[sig.role == 'answer'][['site', 'feature', 'effect']].to_dict('records'),
                              junk_features=sig[sig.role == 'junk'][['site', 'feature', 'effect']].to_dict('records')))
 
-def intervention_claim(t: pd.DataFrame, min_examples: int = 10, n_boot: int = 1000) -> Claim:
+def intervention_claim(t: pd.DataFrame,  # `heldout_interventions`' table
+                       min_examples: int = 10,  # non-degenerate scored runs needed for a verdict
+                       n_boot: int = 1000,  # bootstrap resamples
+                       ) -> Claim:
     "Restoring features selected on one half of the clean prompts rescues the other half's broken runs more than matched controls (median gain's interval above 0)."
     ok = t[~t.degenerate] if len(t) else t
     est, lo, hi = bootstrap_ci(ok.rescue_gain.to_numpy(dtype=float), ok.problem_id.to_numpy(), np.median, n_boot) if len(ok) else (np.nan,) * 3
@@ -515,8 +593,14 @@ def _answer_inputs(model, pairs, hook: str, kind: str = 'corrupted'):
         y[pos.loc[g.df.example_id.to_numpy()].to_numpy()] = correct(model(g.tokens(kind))[:, -1], g.answer_ids).cpu().numpy()
     return X, y
 
-def sparse_probing(model, sae, pairs, ks: Sequence[int] = (1, 2, 5, 10, 20), n_splits: int = 5, alpha: float = 1e-4,
-                   seed: int = 0) -> pd.DataFrame:
+def sparse_probing(model,  # a `HookedTransformer`
+                   sae,  # an SAELens SAE reading one of `model`'s hooks
+                   pairs,  # an `actlab.tasks.PairSet`
+                   ks: Sequence[int] = (1, 2, 5, 10, 20),  # the sparse probes' numbers of latents
+                   n_splits: int = 5,  # cross-validation folds (grouped by clean prompt)
+                   alpha: float = 1e-4,  # the probes' L1 strength
+                   seed: int = 0,  # the folds' seed
+                   ) -> pd.DataFrame:
     """Does a k-sparse probe on the SAE's latents predict `correct` (of the corrupted run) as well as a dense probe on the same
     site? Latents are picked on each training fold by |mean difference| between the classes; folds are grouped by clean prompt."""
     from actlab.probes import L1LogisticProbe
@@ -542,7 +626,11 @@ def sparse_probing(model, sae, pairs, ks: Sequence[int] = (1, 2, 5, 10, 20), n_s
              .rename(columns={'mean': 'accuracy', 'count': 'folds'}).assign(site=hook))
 
 # %% ../nbs/09b_circuits.ipynb #sp000004
-def topk_share(effects: pd.DataFrame, ks: Sequence[int] = (1, 2, 5, 10, 20), method: str = 'exact', n_boot: int = 1000) -> pd.DataFrame:
+def topk_share(effects: pd.DataFrame,  # `feature_effects`' table
+               ks: Sequence[int] = (1, 2, 5, 10, 20),  # the numbers of top features
+               method: str = 'exact',  # the effects used: 'exact' or 'atp'
+               n_boot: int = 1000,  # bootstrap resamples
+               ) -> pd.DataFrame:
     "Per site and k: the share of |effect| (features + error node) carried by each example's top-k features, and by the error node; medians with intervals by clean prompt."
     w = _wide(effects)
     rows = []
@@ -565,9 +653,11 @@ def topk_share(effects: pd.DataFrame, ks: Sequence[int] = (1, 2, 5, 10, 20), met
 # %% ../nbs/09b_circuits.ipynb #748845e3
 RESIDUAL_HOOKS = ('hook_resid_pre', 'hook_resid_mid', 'hook_resid_post', 'hook_attn_out', 'hook_mlp_out')
 
-def circuit_sites(model, base: str,  # the site that already has an SAE (phase D's)
+def circuit_sites(model,  # a `HookedTransformer`
+                  base: str,  # the site that already has an SAE (phase D's)
                   candidates: Sequence[str],  # phase B's best sites, best first (hook names; others are skipped)
-                  n: int = 2) -> list[str]:
+                  n: int = 2,  # sites in all
+                  ) -> list[str]:
     "`n` distinct d_model-wide sites, `base` first then the best candidates, in forward order."
     out = [base]
     for h in candidates:
@@ -577,13 +667,18 @@ def circuit_sites(model, base: str,  # the site that already has an SAE (phase D
     order = {h: i for i, h in enumerate(model.hook_dict)}
     return sorted(out, key=order.get)
 
-def circuit_subset(pairs, per_cell: int = 12, seed: int = 0):
+def circuit_subset(pairs,  # an `actlab.tasks.PairSet`
+                   per_cell: int = 12,  # most pairs per family × suffix length
+                   seed: int = 0,  # the draw's seed
+                   ):
     "At most `per_cell` pairs per family × suffix length (a seeded draw)."
     df = pairs.df.groupby(['corruption_type', 'suffix_length'], group_keys=False).apply(
         lambda g: g.sample(min(per_cell, len(g)), random_state=seed))
     return pairs.filter(example_id=df.example_id.tolist())
 
-def add_claims(path, claims: Sequence[Claim]) -> dict:
+def add_claims(path,  # the claims file (`<results>/claims.json`)
+               claims: Sequence[Claim],  # `Claim`s (or their dicts) to add
+               ) -> dict:
     "Add `claims` to the `{'claims': [...]}` file at `path` (created if missing), replacing same-name entries and keeping the rest."
     import json
     from pathlib import Path

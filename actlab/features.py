@@ -10,6 +10,8 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 import torch
+from jaxtyping import Float, Int
+from torch import Tensor
 import plotly.express as px
 import plotly.graph_objects as go
 from .core import Config, check
@@ -26,7 +28,11 @@ __all__ = ['sae_training_rows', 'quick_sae', 'sae_hook', 'FeatureActs', 'encode_
            'steering_curve', 'plot_steering', 'rescue_by_cell', 'plot_rescue', 'saelens_check']
 
 # %% ../nbs/09_features.ipynb #2665c8c8
-def sae_training_rows(model, pairs, hook_name: str, which: Sequence[str] = ('clean', 'corrupted')) -> torch.Tensor:
+def sae_training_rows(model,  # a `HookedTransformer`
+                      pairs,  # an `actlab.tasks.PairSet`
+                      hook_name: str,  # the hook whose activations are collected
+                      which: Sequence[str] = ('clean', 'corrupted'),  # which prompts of each pair
+                      ) -> Float[Tensor, "rows d"]:
     "Every token's activation at `hook_name` of the `which` prompts of `pairs`, `[rows, d]`, through `actlab.capture.capture`."
     xs = []
     for g in pairs.groups():
@@ -35,7 +41,14 @@ def sae_training_rows(model, pairs, hook_name: str, which: Sequence[str] = ('cle
             xs.append(a.reshape(a.shape[0] * a.shape[1], -1))
     return torch.cat(xs)
 
-def quick_sae(model, pairs, hook_name: str = 'blocks.1.hook_resid_pre', d_sae: int = 128, k: int = 8, steps: int = 1000, seed: int = 0):
+def quick_sae(model,  # a `HookedTransformer`
+              pairs,  # an `actlab.tasks.PairSet`: every token of its clean and corrupted prompts is a training row
+              hook_name: str = 'blocks.1.hook_resid_pre',  # the hook the SAE reads
+              d_sae: int = 128,  # number of latents
+              k: int = 8,  # active latents per token (top-k)
+              steps: int = 1000,  # training steps
+              seed: int = 0,  # training seed
+              ):
     "A small top-k SAE trained (with `actlab.saes.train_sae`) on every token of `pairs` at `hook_name`: for demos and tests."
     from actlab.saes import SAETrainConfig, train_sae
     x = sae_training_rows(model, pairs, hook_name)
@@ -44,7 +57,8 @@ def quick_sae(model, pairs, hook_name: str = 'blocks.1.hook_resid_pre', d_sae: i
     return train_sae(cfg, x, hook_name=hook_name, progress=False).sae
 
 # %% ../nbs/09_features.ipynb #2910aeb2
-def sae_hook(sae) -> str:
+def sae_hook(sae,  # an SAELens v6 SAE
+             ) -> str:
     "The hook point an SAELens v6 SAE reads (`cfg.metadata.hook_name`)."
     h = getattr(getattr(sae.cfg, 'metadata', None), 'hook_name', None) or getattr(sae.cfg, 'hook_name', None)
     if not h: raise ValueError("this SAE has no hook name in cfg.metadata.hook_name; train it with actlab.saes.train_sae(hook_name=...)")
@@ -62,12 +76,18 @@ class FeatureActs:
 
     @property
     def d_sae(self) -> int: return self.clean.shape[1]
-    def cells(self, by: Sequence[str] = ('corruption_type', 'suffix_length')):
+    def cells(self,
+              by: Sequence[str] = ('corruption_type', 'suffix_length'),  # the columns of `df` that define a cell
+              ):
         "(key, row mask) per `by` cell."
         for key, idx in self.df.groupby(list(by)).indices.items(): yield key, idx
 
 @torch.no_grad()
-def encode_at(model, sae, tokens: torch.Tensor, pos: int | None = -1) -> torch.Tensor:
+def encode_at(model,  # a `HookedTransformer`
+              sae,  # an SAELens SAE reading one of `model`'s hooks
+              tokens: Int[Tensor, "n seq"],  # the prompts
+              pos: int | None = -1,  # the position encoded; None: every position
+              ) -> Float[Tensor, "n *seq d_sae"]:
     "SAE feature activations of `tokens` `[n, seq]` at the SAE's hook: `[n, d_sae]` at position `pos`, or `[n, seq, d_sae]` (pos=None)."
     hook = sae_hook(sae)
     if hook not in model.hook_dict: raise ValueError(f"the SAE reads {hook!r}, which this model does not have")
@@ -76,7 +96,10 @@ def encode_at(model, sae, tokens: torch.Tensor, pos: int | None = -1) -> torch.T
     if pos is not None: a = a[:, pos]
     return sae.encode(a.to(sae.W_dec.device, sae.W_dec.dtype))
 
-def pair_feature_acts(model, sae, pairs) -> FeatureActs:
+def pair_feature_acts(model,  # a `HookedTransformer`
+                      sae,  # an SAELens SAE reading one of `model`'s hooks
+                      pairs,  # an `actlab.tasks.PairSet`
+                      ) -> FeatureActs:
     "Feature activations at the answer position for every pair of `pairs` (an `actlab.tasks.PairSet`), clean and corrupted."
     dfs, out = [], {k: [] for k in ('cl', 'co', 'cla', 'coa')}
     for g in pairs.groups():
@@ -89,7 +112,9 @@ def pair_feature_acts(model, sae, pairs) -> FeatureActs:
     cat = lambda k: torch.cat(out[k]).cpu().numpy()[order]
     return FeatureActs(df.iloc[order].reset_index(drop=True), cat('cl'), cat('co'), sae_hook(sae), cat('cla'), cat('coa'))
 
-def store_feature_acts(store, sae) -> FeatureActs:
+def store_feature_acts(store,  # an `actlab.store.ActivationStore` with the SAE's hook and its `clean/` column
+                       sae,  # an SAELens SAE
+                       ) -> FeatureActs:
     "The same from an `ActivationStore` extracted at the SAE's hook with `positions='answer'` and `also_clean=True`."
     hook = sae_hook(sae)
     cols = store.activation_columns
@@ -129,7 +154,10 @@ class FeatureConfig(Config):
         check(self.circuit_nodes >= 1, f"circuit_nodes must be >= 1, got {self.circuit_nodes}")
         check(self.circuit_positions in ('last', 'all'), f"circuit_positions must be 'last' or 'all', got {self.circuit_positions!r}")
 
-def suppressed_features(fa: FeatureActs, cfg: FeatureConfig = FeatureConfig(), by: Sequence[str] = ('corruption_type', 'suffix_length')) -> pd.DataFrame:
+def suppressed_features(fa: FeatureActs,  # feature activations (`pair_feature_acts` or `store_feature_acts`)
+                        cfg: FeatureConfig = FeatureConfig(),  # thresholds (`top_k`)
+                        by: Sequence[str] = ('corruption_type', 'suffix_length'),  # the columns of `fa.df` that define a cell
+                        ) -> pd.DataFrame:
     "Per `by` cell, the `top_k` features whose mean answer-position activation drops most from the ID control to the corrupted prompt."
     rows = []
     for key, idx in fa.cells(by):
@@ -142,7 +170,11 @@ def suppressed_features(fa: FeatureActs, cfg: FeatureConfig = FeatureConfig(), b
                              mean_corrupted=float(x[:, f].mean()), drop=float(drop[f]), frac_suppressed=float(frac[f]), n=len(idx)))
     return pd.DataFrame(rows)
 
-def plot_cells(table: pd.DataFrame, value: str, title: str, by: Sequence[str] = ('corruption_type', 'suffix_length')) -> go.Figure:
+def plot_cells(table: pd.DataFrame,  # long table with a `feature` column and the `by` columns
+               value: str,  # the column shown as colour
+               title: str,  # the figure's title
+               by: Sequence[str] = ('corruption_type', 'suffix_length'),  # the columns that define a row (cell)
+               ) -> go.Figure:
     "Heatmap of `value` with one row per cell and one column per feature in `table`."
     t = table.assign(cell=table[list(by)].astype(str).agg(' / '.join, axis=1))
     z = t.pivot_table(index='cell', columns='feature', values=value, aggfunc='mean')
@@ -151,12 +183,15 @@ def plot_cells(table: pd.DataFrame, value: str, title: str, by: Sequence[str] = 
     fig.update_layout(title=title, height=120 + 18 * len(z), width=150 + 28 * max(len(z.columns), 10), xaxis_type='category')
     return fig
 
-def plot_suppressed(table: pd.DataFrame) -> go.Figure:
+def plot_suppressed(table: pd.DataFrame,  # `suppressed_features`' table
+                    ) -> go.Figure:
     "The drop (ID control − corrupted) of each cell's most suppressed features."
     return plot_cells(table, 'drop', 'features suppressed by the suffix (mean drop at the answer position)')
 
 # %% ../nbs/09_features.ipynb #f137daac
-def junk_features(fa: FeatureActs, cfg: FeatureConfig = FeatureConfig(), by: Sequence[str] = ('corruption_type', 'suffix_length'),
+def junk_features(fa: FeatureActs,  # feature activations (`pair_feature_acts` or `store_feature_acts`)
+                  cfg: FeatureConfig = FeatureConfig(),  # thresholds (`junk_min_rate`, `junk_clean_rate`)
+                  by: Sequence[str] = ('corruption_type', 'suffix_length'),  # the columns of `fa.df` that define a cell
                   where: str = 'answer',  # 'answer': at the answer position; 'any': anywhere in the prompt (max over positions)
                   ) -> pd.DataFrame:
     "Per `by` cell, features firing on at least `junk_min_rate` of its corrupted prompts but at most `junk_clean_rate` of all clean ones."
@@ -174,14 +209,18 @@ def junk_features(fa: FeatureActs, cfg: FeatureConfig = FeatureConfig(), by: Seq
     cols = list(by) + ['feature', 'rate_corrupted', 'rate_clean', 'mean_act', 'n']
     return pd.DataFrame(rows, columns=cols).astype({'feature': int, 'n': int}).sort_values(list(by) + ['rate_corrupted'], ascending=[True] * len(by) + [False], ignore_index=True)
 
-def plot_junk(table: pd.DataFrame) -> go.Figure:
+def plot_junk(table: pd.DataFrame,  # `junk_features`' table
+              ) -> go.Figure:
     "Firing rate of each cell's junk features on its corrupted prompts."
     if table.empty: return go.Figure().update_layout(title='no junk features at these thresholds')
     return plot_cells(table, 'rate_corrupted', 'junk features: firing rate on OOD prompts (rare on clean)')
 
 # %% ../nbs/09_features.ipynb #1d830b15
 @torch.no_grad()
-def head_changes(model, pairs, by: Sequence[str] = ('corruption_type', 'suffix_length')) -> pd.DataFrame:
+def head_changes(model,  # a `HookedTransformer`
+                 pairs,  # an `actlab.tasks.PairSet`
+                 by: Sequence[str] = ('corruption_type', 'suffix_length'),  # the columns of `pairs.df` that define a cell
+                 ) -> pd.DataFrame:
     "Per `by` cell and head: mean relative change `‖out_corrupted − out_clean‖ / mean‖out_clean‖` of the head's output at the answer position."
     names = [f'blocks.{l}.attn.hook_z' for l in range(model.cfg.n_layers)]
     per, dfs = [], []
@@ -203,7 +242,9 @@ def head_changes(model, pairs, by: Sequence[str] = ('corruption_type', 'suffix_l
                              rel_change=float(m[l, h]), abs_change=float(a[l, h]), n=len(idx)))
     return pd.DataFrame(rows)
 
-def plot_head_changes(table: pd.DataFrame, by: Sequence[str] = ('corruption_type', 'suffix_length')) -> go.Figure:
+def plot_head_changes(table: pd.DataFrame,  # `head_changes`' table
+                      by: Sequence[str] = ('corruption_type', 'suffix_length'),  # the columns that define a row (cell)
+                      ) -> go.Figure:
     "Heatmap: one row per cell, one column per head, colour = relative change of the head's output."
     t = table.assign(cell=table[list(by)].astype(str).agg(' / '.join, axis=1))
     z = t.pivot_table(index='cell', columns='head_name', values='rel_change', sort=False)
@@ -211,7 +252,9 @@ def plot_head_changes(table: pd.DataFrame, by: Sequence[str] = ('corruption_type
                                hovertemplate='%{y}<br>%{x}<br>relative change %{z:.3f}<extra></extra>'))
     return fig.update_layout(title='head output change at the answer position (ID control → corrupted)', height=120 + 18 * len(z), width=500)
 
-def top_heads(table: pd.DataFrame, k: int = 3) -> list[tuple[int, int]]:
+def top_heads(table: pd.DataFrame,  # `head_changes`' table
+              k: int = 3,  # how many heads
+              ) -> list[tuple[int, int]]:
     "The `k` heads with the largest mean relative change over the OOD cells (OOD families only: no control, no null)."
     from actlab.tasks import family_kind
     t = table[[family_kind(f) == 'ood' for f in table.corruption_type]] if 'corruption_type' in table else table
@@ -220,7 +263,11 @@ def top_heads(table: pd.DataFrame, k: int = 3) -> list[tuple[int, int]]:
 
 # %% ../nbs/09_features.ipynb #6b221719
 @torch.no_grad()
-def feature_attribution(model, sae, tokens: torch.Tensor, answer_ids: torch.Tensor, distractor_ids: torch.Tensor,
+def feature_attribution(model,  # a `HookedTransformer`
+                        sae,  # an SAELens SAE on a residual-stream hook of `model`
+                        tokens: Int[Tensor, "n seq"],  # the prompts
+                        answer_ids: Int[Tensor, " n"],  # the answer token per prompt
+                        distractor_ids: Int[Tensor, " n"],  # the distractor token per prompt
                         ln_scale: bool = True,  # divide by the final LayerNorm's scale of each run (frozen), as DLA does
                         ) -> np.ndarray:
     "Per example and feature, the direct-path attribution `f · (centred W_dec · answer direction) / σ` at the last position: `[n, d_sae]`."
@@ -237,7 +284,10 @@ def feature_attribution(model, sae, tokens: torch.Tensor, answer_ids: torch.Tens
         attr = attr / capture(model, tokens, ['ln_final.hook_scale'])['ln_final.hook_scale'].reshape(-1, 1)
     return attr.cpu().numpy()
 
-def top_attributions(attr: np.ndarray, df: pd.DataFrame | None = None, k: int = 5) -> pd.DataFrame:
+def top_attributions(attr: np.ndarray,  # `feature_attribution`'s `[n, d_sae]` array
+                     df: pd.DataFrame | None = None,  # the prompts' table (for `example_id`); None: row numbers
+                     k: int = 5,  # features per example
+                     ) -> pd.DataFrame:
     "The `k` features with the largest |attribution| per example (long format), with `df`'s example_id if given."
     rows = []
     ids = df.example_id.to_numpy() if df is not None else np.arange(len(attr))
@@ -247,7 +297,10 @@ def top_attributions(attr: np.ndarray, df: pd.DataFrame | None = None, k: int = 
             rows.append(dict(example_id=int(ids[i]), rank=rank, feature=int(f), attribution=float(a[f])))
     return pd.DataFrame(rows)
 
-def plot_attribution_features(attr: np.ndarray, df: pd.DataFrame, k: int = 10) -> go.Figure:
+def plot_attribution_features(attr: np.ndarray,  # `feature_attribution`'s `[n, d_sae]` array
+                              df: pd.DataFrame,  # the prompts' table, with `corruption_type`
+                              k: int = 10,  # how many features
+                              ) -> go.Figure:
     "Mean attribution of the `k` features with the largest mean |attribution|, one bar group per family."
     top = np.argsort(-np.abs(attr).mean(0))[:k]
     t = pd.DataFrame(attr[:, top], columns=[f'f{f}' for f in top]).assign(family=df.corruption_type.to_numpy())
@@ -260,7 +313,12 @@ def _metric(name: str, logits: torch.Tensor, a: torch.Tensor, d: torch.Tensor) -
     return metric_fn(name)(logits[:, -1].float(), a, d).float().cpu()
 
 @torch.no_grad()
-def run_with_feature_edit(model, sae, tokens: torch.Tensor, edit, pos: int = -1) -> torch.Tensor:
+def run_with_feature_edit(model,  # a `HookedTransformer`
+                          sae,  # an SAELens SAE reading one of `model`'s hooks
+                          tokens: Int[Tensor, "n seq"],  # the prompts
+                          edit,  # `f [n, d_sae] -> new f [n, d_sae]` (may edit `f` in place and return it)
+                          pos: int = -1,  # the position edited
+                          ) -> Float[Tensor, "n seq d_vocab"]:
     "Logits `[n, seq, vocab]` with the features at `pos` replaced by `edit(f)` (`f` `[n, d_sae]` → new `[n, d_sae]`), error term kept."
     hook = sae_hook(sae)
     def fn(act, hook):
@@ -280,7 +338,12 @@ def _check_features(sae, features) -> list[int]:
     return fs
 
 @torch.no_grad()
-def ablate_feature(model, sae, tokens, answer_ids, distractor_ids, features: int | Sequence[int],
+def ablate_feature(model,  # a `HookedTransformer`
+                   sae,  # an SAELens SAE reading one of `model`'s hooks
+                   tokens: Int[Tensor, "n seq"],  # the prompts
+                   answer_ids: Int[Tensor, " n"],  # the answer token per prompt
+                   distractor_ids: Int[Tensor, " n"],  # the distractor token per prompt
+                   features: int | Sequence[int],  # the feature(s) zeroed
                    metric: str = 'margin',  # one of `actlab.metrics.METRICS`
                    ) -> pd.DataFrame:
     "The metric per example before (`value`) and after (`value_ablated`) zeroing `features` at the answer position."
@@ -291,10 +354,15 @@ def ablate_feature(model, sae, tokens, answer_ids, distractor_ids, features: int
     return pd.DataFrame(dict(value=base.numpy(), value_ablated=abl.numpy(), effect=(abl - base).numpy(), metric=metric))
 
 @torch.no_grad()
-def restore_features(model, sae, clean_tokens, corrupted_tokens, answer_ids, distractor_ids,
+def restore_features(model,  # a `HookedTransformer`
+                     sae,  # an SAELens SAE reading one of `model`'s hooks
+                     clean_tokens: Int[Tensor, "n seq"],  # the ID controls
+                     corrupted_tokens: Int[Tensor, "n seq"],  # the corrupted prompts (same length)
+                     answer_ids: Int[Tensor, " n"],  # the answer token per pair
+                     distractor_ids: Int[Tensor, " n"],  # the distractor token per pair
                      top_k: int = 5,  # restore each example's `top_k` most suppressed features ...
                      features: Sequence[int] | None = None,  # ... or these features for every example
-                     cfg: FeatureConfig = FeatureConfig(),
+                     cfg: FeatureConfig = FeatureConfig(),  # `degenerate_eps` for the rescue score
                      metric: str = 'margin',  # one of `actlab.metrics.METRICS`
                      ) -> pd.DataFrame:
     "Restore the ID control's values of the most suppressed (or given) features on the corrupted run: the metric and rescue per example."
@@ -314,7 +382,14 @@ def restore_features(model, sae, clean_tokens, corrupted_tokens, answer_ids, dis
                              rescue=r, degenerate=degenerate, n_restored=mask.sum(1).numpy(), metric=metric))
 
 @torch.no_grad()
-def steer(model, sae, tokens, answer_ids, distractor_ids, feature: int, alpha: float, pos: int = -1,
+def steer(model,  # a `HookedTransformer`
+          sae,  # an SAELens SAE reading one of `model`'s hooks
+          tokens: Int[Tensor, "n seq"],  # the prompts
+          answer_ids: Int[Tensor, " n"],  # the answer token per prompt
+          distractor_ids: Int[Tensor, " n"],  # the distractor token per prompt
+          feature: int,  # the feature whose decoder direction is added
+          alpha: float,  # steering strength
+          pos: int = -1,  # the position steered
           metric: str = 'margin',  # one of `actlab.metrics.METRICS`
           ) -> np.ndarray:
     "The metric per example after adding `alpha × W_dec[feature]` at the SAE's hook and position `pos`."
@@ -326,19 +401,34 @@ def steer(model, sae, tokens, answer_ids, distractor_ids, feature: int, alpha: f
         return act
     return _metric(metric, model.run_with_hooks(tokens, fwd_hooks=[(sae_hook(sae), fn)]), answer_ids, distractor_ids).numpy()
 
-def steering_curve(model, sae, tokens, answer_ids, distractor_ids, feature: int, alphas: Sequence[float], metric: str = 'margin') -> pd.DataFrame:
+def steering_curve(model,  # a `HookedTransformer`
+                   sae,  # an SAELens SAE reading one of `model`'s hooks
+                   tokens: Int[Tensor, "n seq"],  # the prompts
+                   answer_ids: Int[Tensor, " n"],  # the answer token per prompt
+                   distractor_ids: Int[Tensor, " n"],  # the distractor token per prompt
+                   feature: int,  # the feature whose decoder direction is added
+                   alphas: Sequence[float],  # the steering strengths
+                   metric: str = 'margin',  # one of `actlab.metrics.METRICS`
+                   ) -> pd.DataFrame:
     "Mean and std of the metric over examples for each steering strength `alpha` (see `steer`)."
     vals = [steer(model, sae, tokens, answer_ids, distractor_ids, feature, a, metric=metric) for a in alphas]
     return pd.DataFrame(dict(alpha=[float(a) for a in alphas], mean=[float(v.mean()) for v in vals],
                              std=[float(v.std()) for v in vals], feature=int(feature), metric=metric))
 
-def plot_steering(curve: pd.DataFrame) -> go.Figure:
+def plot_steering(curve: pd.DataFrame,  # `steering_curve`'s table
+                  ) -> go.Figure:
     "The metric against steering strength."
     f, m = int(curve.feature.iloc[0]), curve.metric.iloc[0]
     return px.line(curve, x='alpha', y='mean', error_y='std', markers=True, labels={'mean': m},
                    title=f'steering with feature {f}: {m} of the answer')
 
-def rescue_by_cell(model, sae, pairs, top_k: int = 5, cfg: FeatureConfig = FeatureConfig(), metric: str = 'margin') -> pd.DataFrame:
+def rescue_by_cell(model,  # a `HookedTransformer`
+                   sae,  # an SAELens SAE reading one of `model`'s hooks
+                   pairs,  # an `actlab.tasks.PairSet`
+                   top_k: int = 5,  # features restored per example (its most suppressed)
+                   cfg: FeatureConfig = FeatureConfig(),  # `degenerate_eps` for the rescue score
+                   metric: str = 'margin',  # one of `actlab.metrics.METRICS`
+                   ) -> pd.DataFrame:
     "`restore_features` for every pair, one row per example with its family and suffix length."
     out = []
     for g in pairs.groups():
@@ -346,7 +436,8 @@ def rescue_by_cell(model, sae, pairs, top_k: int = 5, cfg: FeatureConfig = Featu
         out.append(pd.concat([g.df[['example_id', 'corruption_type', 'suffix_length']].reset_index(drop=True), r], axis=1))
     return pd.concat(out, ignore_index=True).sort_values('example_id', ignore_index=True)
 
-def plot_rescue(table: pd.DataFrame) -> go.Figure:
+def plot_rescue(table: pd.DataFrame,  # `rescue_by_cell`'s table
+                ) -> go.Figure:
     "Median rescue by restoring the top suppressed features, per family and suffix length."
     t = table.groupby(['corruption_type', 'suffix_length']).rescue.median().reset_index()
     return px.line(t, x='suffix_length', y='rescue', color='corruption_type', markers=True,
@@ -354,7 +445,11 @@ def plot_rescue(table: pd.DataFrame) -> go.Figure:
 
 # %% ../nbs/09_features.ipynb #ad152abd
 @torch.no_grad()
-def saelens_check(model, sae, tokens: torch.Tensor, feature: int) -> pd.DataFrame:
+def saelens_check(model,  # a `HookedTransformer`
+                  sae,  # an SAELens SAE reading one of `model`'s hooks
+                  tokens: Int[Tensor, "n seq"],  # the prompts
+                  feature: int,  # the feature ablated in the third check
+                  ) -> pd.DataFrame:
     "Max |ours − SAELens| for answer-position feature acts, reconstruction-spliced logits and a feature ablation (error term kept)."
     from actlab.sae_eval import as_sae_transformer
     hm, hook = as_sae_transformer(model), sae_hook(sae)
