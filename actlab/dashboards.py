@@ -753,14 +753,16 @@ def _fig_div(fig, caption: str) -> str:
             + f'<div class="actlab-caption"><b>What to look for:</b> {html.escape(caption)}</div>')
 
 def dashboard_extras(model, pairs, n: int = 24, family: str | None = None) -> dict:
-    "Path patching (senders × receivers) and AtP vs exact head patching on up to `n` failed OOD pairs of one group: `DashboardData.extras`."
+    "Path patching (senders × receivers) and AtP vs exact head patching on up to `n` pairs of one OOD family at its longest suffix: `DashboardData.extras`."
     from actlab.path_patching import path_patch
     from actlab.attribution import attribution_patch
     from actlab.patching import per_example_patch, prompt_logit_diff
     from actlab.tasks import family_kind
-    groups = [g for g in pairs.groups() if family_kind(g.df.corruption_type.iloc[0]) == 'ood' and (family is None or g.df.corruption_type.iloc[0] == family)]
-    if not groups: return {}
-    g = max(groups, key=lambda g: (int(g.df.suffix_length.iloc[0]), len(g.df)))
+    fams = [f for f in sorted(pairs.df.corruption_type.unique()) if family_kind(f) == 'ood' and (family is None or f == family)]
+    if not fams: return {}
+    sub = pairs.filter(corruption_type=fams[0])
+    groups = sub.filter(suffix_length=int(sub.df.suffix_length.max())).groups()
+    g = max(groups, key=lambda g: len(g.df))
     c, x, a, d = g.tokens('clean')[:n], g.tokens('corrupted')[:n], g.answer_ids[:n], g.distractor_ids[:n]
     paths = path_patch(model, c, x, a, d)
     est, exa = attribution_patch(model, c, x, a, d, site='head'), per_example_patch(model, c, x, a, d, site='head')
