@@ -131,7 +131,8 @@ def build_dashboard_data(model, sae, pairs, patching=None, store=None,
     effects = (W_dec @ WU).cpu().numpy()
     vocab = [model.to_string(i) for i in range(model.cfg.d_vocab)]
     info = dict(model=getattr(model, 'actlab_identity', {}).get('name', model.cfg.model_name), sae=f'{sae.cfg.architecture()}'
-                if callable(getattr(sae.cfg, 'architecture', None)) else type(sae).__name__, hook=hook, n_pairs=len(pairs), **(meta or {}))
+                if callable(getattr(sae.cfg, 'architecture', None)) else type(sae).__name__, hook=hook, n_pairs=len(pairs))
+    info.update(meta or {})
     return DashboardData(df, str_tokens, token_acts, fa, attr, effects, vocab, patching, sites, hook, head_changes(model, pairs), preds, info)
 
 def save_dashboard_data(data: DashboardData, path: str | Path) -> Path:
