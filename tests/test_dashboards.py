@@ -104,7 +104,7 @@ def test_build_dashboard_html(setup, tmp_path):
         t = p.read_text()
         assert all(f'href="{q.name}"' in t for q in files.values()), name
         assert 'actlab-context' in t and data.hook_name in t and 'd_sae' in t, name
-    assert 'prompt "' in files['attention'].read_text() and 'the model predicts' in files['logprobs'].read_text()
+    assert 'prompt &quot;' in files['attention'].read_text() and 'the model predicts' in files['logprobs'].read_text()
 
 def test_saevis_offline_d3(setup, tmp_path, monkeypatch):
     model, pairs, sae, data = setup
