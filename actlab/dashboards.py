@@ -822,7 +822,7 @@ function show(id) {
     <div id="heat"></div>`;
   const sites = Object.entries(e.sites);
   if (sites.length) {
-    const traces = sites.map(([s, v], j) => ({type: 'heatmap', z: v.z, x: v.x, y: v.z.map((_, l) => 'L' + l), zmin: -1, zmax: 1, zmid: 0, colorscale: 'RdBu',
+    const traces = sites.map(([s, v], j) => ({type: 'heatmap', z: v.z, x: v.x, y: v.z.map((_, l) => 'L' + l), zmin: -1, zmax: 1, zmid: 0, colorscale: 'RdBu', reversescale: true,  // as plotly.py's RdBu: 1 = blue
       showscale: j === 0, colorbar: {title: {text: 'rescue'}}, xaxis: 'x' + (j ? j + 1 : ''), yaxis: 'y' + (j ? j + 1 : '')}));
     const layout = {title: {text: `example ${e.id}: rescue per patched site (1 = clean logit diff restored)`}, height: 320, grid: {rows: 1, columns: sites.length, pattern: 'independent'}, autosize: true};
     Plotly.newPlot('heat', traces, layout, {responsive: true});

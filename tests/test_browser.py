@@ -215,7 +215,11 @@ def study_run(tmp_path_factory):
     from actlab.tasks import TaskConfig
     from actlab.patching import PatchingConfig
     from actlab.cli import main
+    from actlab.dashboards import find_d3
     root = tmp_path_factory.mktemp('study')
+    if find_d3() is None:   # sae-vis needs a local d3 (docs_src/node_modules, npm ci): the same assets the docs site uses
+        from docs_helpers import load_build_docs
+        load_build_docs().copy_assets(root / 'proc')
     cfg = StudyConfig(name='browser', task=TaskConfig(n_per_cell=12, suffix_lengths=(1, 4, 8)),
                       patching=PatchingConfig(sites=('resid_pre', 'head')), extraction=ExtractionPhase(n_top_sites=1, progress=False),
                       sae=SAEPhase(steps=200, d_sae=128, batch_size=128, norm_rows=256))
