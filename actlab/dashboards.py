@@ -481,16 +481,20 @@ class SaeVisView:
 
     def _draw(self, *_):
         f = self.feature.value
-        if f not in self.features:
-            self.message.value = message_html(f'feature {f} is not on this sae-vis page (it holds {self.features}); build one with '
-                                              f'saevis_dashboard(model, sae, [{f}], tokens)')
+        if f not in self.features:  # a note, not an error: the other tabs show any feature, this page only its own
+            self.message.value = (f'<div class="actlab-note" style="color:#555">feature {html.escape(str(f))} is not on this sae-vis page '
+                                  f'(it holds {self.features}; showing the last one shown); build one with '
+                                  f'saevis_dashboard(model, sae, [{html.escape(str(f))}], tokens)</div>')
+            if not self.view.value: self.view.value = iframe_html(saevis_start(self.page, self.features[0])) if self.features else ''
             return
         self.message.value = ''
         self.view.value = iframe_html(saevis_start(self.page, f))
 
 def dashboard(data: DashboardData, feature: int | None = None, saevis_page: str | None = None) -> widgets.Tab:
     "Example browser, feature browser, rescue overview (and a sae-vis page) in linked tabs (top container has CSS class `actlab-dashboard`)."
-    feature = data.busiest_feature() if feature is None else feature
+    if feature is None:  # open on a feature every tab can show
+        on_page = saevis_features(saevis_page) if saevis_page is not None else []
+        feature = on_page[0] if on_page else data.busiest_feature()
     parts = [('example browser', ExampleBrowser(data, feature)), ('feature browser', FeatureBrowser(data, feature)),
              ('rescue overview', RescueOverview(data))]
     if saevis_page is not None: parts.append(('sae-vis', SaeVisView(saevis_page, feature)))
