@@ -191,7 +191,8 @@ def tokens_html(tokens: Sequence[str], values: Sequence[float], vmax: float | No
 
 def table_html(df: pd.DataFrame, floatfmt: str = '{:.3f}') -> str:
     "A compact HTML table (cells and headers HTML-escaped)."
-    return df.to_html(index=False, float_format=lambda v: floatfmt.format(v), classes='actlab-table', border=0, escape=True)
+    t = df.to_html(index=False, float_format=lambda v: floatfmt.format(v), classes='actlab-table', border=0, escape=True)
+    return '<style>.actlab-table td,.actlab-table th{padding:1px 10px}</style>' + t
 
 def show_figure(out: widgets.Output, fig: go.Figure):
     "Put `fig` in `out` as a plotly mime bundle (works with or without a kernel), autosized to the output's width."
@@ -347,7 +348,8 @@ class FeatureBrowser:
         self._max = {e: a.max(0) for e, a in data.token_acts.items()}
         self._ids = np.array(list(self._max)); self._mx = np.stack([self._max[e] for e in self._ids])
         self.feature = widgets.IntText(value=feature, description='feature')
-        self.example = widgets.Dropdown(options=[], description='open example', layout=widgets.Layout(width='min(520px, 95%)'))
+        self.example = widgets.Dropdown(options=[], description='open example', layout=widgets.Layout(width='min(520px, 95%)'),
+                                        style={'description_width': 'initial'})
         self.message, self.examples, self.logits = (widgets.HTML(description=d) for d in ('message', 'top examples', 'logit effects'))
         self.plots = widgets.Output()
         cap = widgets.HTML(caption_html('where the feature fires at the answer position (ID control blue, corrupted red, side by side), its mean '
@@ -405,7 +407,8 @@ class FeatureBrowser:
         fig.update_yaxes(title_text='prompts', row=1, col=1)
         fig.update_xaxes(title_text='family', tickangle=-30, row=1, col=2)
         fig.update_yaxes(title_text='mean activation', row=1, col=2)
-        return fig.update_layout(title=f'feature {f}', barmode='group', height=380, legend=dict(orientation='h', y=1.12, x=0))
+        return fig.update_layout(title=f'feature {f}', barmode='group', height=440, margin=dict(b=120),
+                                 legend=dict(orientation='h', y=-0.42, x=0, xanchor='left'))  # below: clear of the panel titles
 
 
 # %% ../nbs/10_dashboards.ipynb #5239a098
