@@ -4,13 +4,58 @@
 
 # %% ../nbs/12_cli.ipynb #1ac127d0
 from __future__ import annotations
-import argparse, importlib, importlib.util, json, sys
+import argparse, importlib, importlib.util, json, re, sys
 from pathlib import Path
 
 from .core import write_manifest
 
 # %% auto #0
-__all__ = ['PRESETS_DIR', 'PHASES', 'CLIError', 'build_parser', 'main']
+__all__ = ['PRESETS_DIR', 'PHASES', 'field_docs', 'commented_yaml', 'CLIError', 'build_parser', 'main']
+
+# %% ../nbs/12_cli.ipynb #c0f1ed01
+def field_docs(cls) -> dict[str, str]:
+    "Each dataclass field's trailing `# comment` in the source of `cls` and its bases (the nearest class wins)."
+    import inspect, re, dataclasses
+    docs = {}
+    for c in reversed(cls.__mro__):
+        if not dataclasses.is_dataclass(c): continue
+        try: src = inspect.getsource(c)
+        except (OSError, TypeError): continue
+        for m in re.finditer(r'^\s{4}(\w+)\s*:[^=\n]*(?:=[^\n#]*)?#\s*(.+)$', src, re.M):
+            docs[m.group(1)] = m.group(2).strip()
+    return docs
+
+def _describe(f, value) -> str:
+    "A one-line comment for field `f` with no source comment: its type, and what an empty value selects."
+    t = str(f.type).replace('typing.', '')
+    extra = " ('' = the default described in the docs)" if value == '' else ' (null = decided at run time)' if value is None else ''
+    return f'{t}{extra}'
+
+def commented_yaml(cfg) -> str:
+    "`cfg.to_yaml()` with one comment line above every field saying what it means (and what '' or null selects)."
+    import dataclasses
+    lines, out, stack = cfg.to_yaml().splitlines(), [], [(-1, cfg)]
+    for line in lines:
+        m = re.match(r'^( *)([A-Za-z_]\w*):(.*)$', line)
+        if not m: out.append(line); continue
+        ind, key = len(m.group(1)), m.group(2)
+        while stack and stack[-1][0] >= ind: stack.pop()
+        parent = stack[-1][1] if stack else None
+        if dataclasses.is_dataclass(parent):
+            fs = {f.name: f for f in dataclasses.fields(parent)}
+            if key in fs:
+                value = getattr(parent, key)
+                doc = field_docs(type(parent)).get(key) or _GENERIC_DOCS.get(key) or _describe(fs[key], value)
+                if dataclasses.is_dataclass(value): doc = (type(value).__doc__ or key).strip().splitlines()[0]
+                out.append(f"{' ' * ind}# {doc}")
+                stack.append((ind, value))
+        out.append(line)
+    head = ('# actlab study config: edit and run with `actlab run study.yaml --out results`.\n'
+            "# Every field has a comment above it; '' and null select the defaults the comment names.\n")
+    return head + '\n'.join(out) + '\n'
+
+_GENERIC_DOCS = {'name': "the study's name: its results go to <out>/<name>/", 'seed': 'random seed (prompt sampling, SAE initialisation, splits)'}
+
 
 # %% ../nbs/12_cli.ipynb #4d6ff15f
 PRESETS_DIR = Path(__file__).resolve().parent.parent / 'configs' if '__file__' in globals() else Path('../configs').resolve()
@@ -58,8 +103,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument('--out', default='results', help='results root folder; the manifest goes to <out>/model/')
     d = sub.add_parser('dashboard', help='write the HTML dashboards of a finished study', description='write the HTML dashboards of a finished study')
     d.add_argument('results', help='a study results folder (<out>/<name>, with manifest.json)')
-    c = sub.add_parser('config', help='print a study config as YAML', description='print a study config as YAML')
+    d.add_argument('--out', default=None, help='where to write the pages (default: RESULTS/dashboards)')
+    c = sub.add_parser('config', help='print a study config as commented YAML', description='print a study config as YAML, '
+                       'with a comment above every field saying what it means')
     c.add_argument('--preset', default=None, help='a preset name in configs/ (e.g. gpt2-small)')
+    c.add_argument('--plain', action='store_true', help='no comments')
     return ap
 
 def _one_line(e: BaseException) -> str: return ' '.join(str(e).split('\n')).strip() or type(e).__name__
@@ -100,7 +148,8 @@ def _engine_args(cfg, args):
 def _dispatch(args) -> int:
     from actlab.study import StudyConfig
     if args.command == 'config':
-        print((_load_cfg(args.preset) if args.preset else StudyConfig()).to_yaml(), end='')
+        cfg = _load_cfg(args.preset) if args.preset else StudyConfig()
+        print(cfg.to_yaml() if args.plain else commented_yaml(cfg), end='')
     elif args.command == 'run': _study(args)
     elif args.command in _PHASE_CMDS: _study(args, _PHASE_CMDS[args.command])
     elif args.command == 'train-model':
@@ -136,15 +185,18 @@ def _dispatch(args) -> int:
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise CLIError(f"{folder / 'manifest.json'} is damaged ({e}); run the study again (`actlab run study.yaml --overwrite`)") from None
         if 'sae' not in m: raise CLIError(f"{folder} has no SAE yet; run `actlab sae` (or `actlab run`) on its study.yaml first")
-        from actlab.dashboards import build_dashboard_html
+        from actlab.dashboards import build_dashboard_html, load_dashboard_data
         from actlab.models import load_model
         from actlab.saes import load_sae
         from actlab.tasks import make_pairs
         cfg = StudyConfig.from_dict(m.get('study') or {})
         model = load_model(cfg.model.name, device=cfg.model.device)
+        saved = folder / m.get('dashboard_data', 'dashboard_data.pkl.gz')
+        data = load_dashboard_data(saved) if saved.exists() else None  # saved by `actlab run`: nothing recomputed
+        if data is None: print(f"no saved dashboard data in {folder} (a run without phase E): computing it", file=sys.stderr)
         try:
-            files = build_dashboard_html(folder / 'dashboards', model, make_pairs(cfg.task, model.tokenizer),
-                                         load_sae(folder / m['sae']['path']), hook_name=m['sae']['site'])
+            files = build_dashboard_html(Path(args.out) if args.out else folder / 'dashboards', model, make_pairs(cfg.task, model.tokenizer),
+                                         load_sae(folder / m['sae']['path']), data=data, hook_name=m['sae']['site'])
         except Exception as e:  # the dashboards' own failure: one line, naming where it came from
             raise CLIError(f"writing the dashboards failed ({type(e).__name__}: {e}); report.html in {folder} has the study's figures") from e
         print(f"dashboards written to {files['index']}")

@@ -131,7 +131,8 @@ def build_dashboard_data(model, sae, pairs, patching=None, store=None,
     effects = (W_dec @ WU).cpu().numpy()
     vocab = [model.to_string(i) for i in range(model.cfg.d_vocab)]
     info = dict(model=getattr(model, 'actlab_identity', {}).get('name', model.cfg.model_name), sae=f'{sae.cfg.architecture()}'
-                if callable(getattr(sae.cfg, 'architecture', None)) else type(sae).__name__, hook=hook, n_pairs=len(pairs), **(meta or {}))
+                if callable(getattr(sae.cfg, 'architecture', None)) else type(sae).__name__, hook=hook, n_pairs=len(pairs))
+    info.update(meta or {})
     return DashboardData(df, str_tokens, token_acts, fa, attr, effects, vocab, patching, sites, hook, head_changes(model, pairs), preds, info)
 
 def save_dashboard_data(data: DashboardData, path: str | Path) -> Path:
@@ -190,7 +191,8 @@ def tokens_html(tokens: Sequence[str], values: Sequence[float], vmax: float | No
 
 def table_html(df: pd.DataFrame, floatfmt: str = '{:.3f}') -> str:
     "A compact HTML table (cells and headers HTML-escaped)."
-    return df.to_html(index=False, float_format=lambda v: floatfmt.format(v), classes='actlab-table', border=0, escape=True)
+    t = df.to_html(index=False, float_format=lambda v: floatfmt.format(v), classes='actlab-table', border=0, escape=True)
+    return '<style>.actlab-table td,.actlab-table th{padding:1px 10px}</style>' + t
 
 def show_figure(out: widgets.Output, fig: go.Figure):
     "Put `fig` in `out` as a plotly mime bundle (works with or without a kernel), autosized to the output's width."
@@ -346,7 +348,8 @@ class FeatureBrowser:
         self._max = {e: a.max(0) for e, a in data.token_acts.items()}
         self._ids = np.array(list(self._max)); self._mx = np.stack([self._max[e] for e in self._ids])
         self.feature = widgets.IntText(value=feature, description='feature')
-        self.example = widgets.Dropdown(options=[], description='open example', layout=widgets.Layout(width='min(520px, 95%)'))
+        self.example = widgets.Dropdown(options=[], description='open example', layout=widgets.Layout(width='min(520px, 95%)'),
+                                        style={'description_width': 'initial'})
         self.message, self.examples, self.logits = (widgets.HTML(description=d) for d in ('message', 'top examples', 'logit effects'))
         self.plots = widgets.Output()
         cap = widgets.HTML(caption_html('where the feature fires at the answer position (ID control blue, corrupted red, side by side), its mean '
@@ -404,7 +407,8 @@ class FeatureBrowser:
         fig.update_yaxes(title_text='prompts', row=1, col=1)
         fig.update_xaxes(title_text='family', tickangle=-30, row=1, col=2)
         fig.update_yaxes(title_text='mean activation', row=1, col=2)
-        return fig.update_layout(title=f'feature {f}', barmode='group', height=380, legend=dict(orientation='h', y=1.12, x=0))
+        return fig.update_layout(title=f'feature {f}', barmode='group', height=440, margin=dict(b=120),
+                                 legend=dict(orientation='h', y=-0.42, x=0, xanchor='left'))  # below: clear of the panel titles
 
 
 # %% ../nbs/10_dashboards.ipynb #5239a098
@@ -480,16 +484,20 @@ class SaeVisView:
 
     def _draw(self, *_):
         f = self.feature.value
-        if f not in self.features:
-            self.message.value = message_html(f'feature {f} is not on this sae-vis page (it holds {self.features}); build one with '
-                                              f'saevis_dashboard(model, sae, [{f}], tokens)')
+        if f not in self.features:  # a note, not an error: the other tabs show any feature, this page only its own
+            self.message.value = (f'<div class="actlab-note" style="color:#555">feature {html.escape(str(f))} is not on this sae-vis page '
+                                  f'(it holds {self.features}; showing the last one shown); build one with '
+                                  f'saevis_dashboard(model, sae, [{html.escape(str(f))}], tokens)</div>')
+            if not self.view.value: self.view.value = iframe_html(saevis_start(self.page, self.features[0])) if self.features else ''
             return
         self.message.value = ''
         self.view.value = iframe_html(saevis_start(self.page, f))
 
 def dashboard(data: DashboardData, feature: int | None = None, saevis_page: str | None = None) -> widgets.Tab:
     "Example browser, feature browser, rescue overview (and a sae-vis page) in linked tabs (top container has CSS class `actlab-dashboard`)."
-    feature = data.busiest_feature() if feature is None else feature
+    if feature is None:  # open on a feature every tab can show
+        on_page = saevis_features(saevis_page) if saevis_page is not None else []
+        feature = on_page[0] if on_page else data.busiest_feature()
     parts = [('example browser', ExampleBrowser(data, feature)), ('feature browser', FeatureBrowser(data, feature)),
              ('rescue overview', RescueOverview(data))]
     if saevis_page is not None: parts.append(('sae-vis', SaeVisView(saevis_page, feature)))
@@ -753,14 +761,16 @@ def _fig_div(fig, caption: str) -> str:
             + f'<div class="actlab-caption"><b>What to look for:</b> {html.escape(caption)}</div>')
 
 def dashboard_extras(model, pairs, n: int = 24, family: str | None = None) -> dict:
-    "Path patching (senders × receivers) and AtP vs exact head patching on up to `n` failed OOD pairs of one group: `DashboardData.extras`."
+    "Path patching (senders × receivers) and AtP vs exact head patching on up to `n` pairs of one OOD family at its longest suffix: `DashboardData.extras`."
     from actlab.path_patching import path_patch
     from actlab.attribution import attribution_patch
     from actlab.patching import per_example_patch, prompt_logit_diff
     from actlab.tasks import family_kind
-    groups = [g for g in pairs.groups() if family_kind(g.df.corruption_type.iloc[0]) == 'ood' and (family is None or g.df.corruption_type.iloc[0] == family)]
-    if not groups: return {}
-    g = max(groups, key=lambda g: (int(g.df.suffix_length.iloc[0]), len(g.df)))
+    fams = [f for f in sorted(pairs.df.corruption_type.unique()) if family_kind(f) == 'ood' and (family is None or f == family)]
+    if not fams: return {}
+    sub = pairs.filter(corruption_type=fams[0])
+    groups = sub.filter(suffix_length=int(sub.df.suffix_length.max())).groups()
+    g = max(groups, key=lambda g: len(g.df))
     c, x, a, d = g.tokens('clean')[:n], g.tokens('corrupted')[:n], g.answer_ids[:n], g.distractor_ids[:n]
     paths = path_patch(model, c, x, a, d)
     est, exa = attribution_patch(model, c, x, a, d, site='head'), per_example_patch(model, c, x, a, d, site='head')
@@ -819,7 +829,7 @@ function show(id) {
     <div id="heat"></div>`;
   const sites = Object.entries(e.sites);
   if (sites.length) {
-    const traces = sites.map(([s, v], j) => ({type: 'heatmap', z: v.z, x: v.x, y: v.z.map((_, l) => 'L' + l), zmin: -1, zmax: 1, zmid: 0, colorscale: 'RdBu',
+    const traces = sites.map(([s, v], j) => ({type: 'heatmap', z: v.z, x: v.x, y: v.z.map((_, l) => 'L' + l), zmin: -1, zmax: 1, zmid: 0, colorscale: 'RdBu', reversescale: true,  // as plotly.py's RdBu: 1 = blue
       showscale: j === 0, colorbar: {title: {text: 'rescue'}}, xaxis: 'x' + (j ? j + 1 : ''), yaxis: 'y' + (j ? j + 1 : '')}));
     const layout = {title: {text: `example ${e.id}: rescue per patched site (1 = clean logit diff restored)`}, height: 320, grid: {rows: 1, columns: sites.length, pattern: 'independent'}, autosize: true};
     Plotly.newPlot('heat', traces, layout, {responsive: true});

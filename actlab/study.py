@@ -700,6 +700,12 @@ def run_study(cfg: StudyConfig = StudyConfig(), out: str | Path = 'results', pro
         rep.fig(plot_suppressed(sup)); rep.fig(plot_junk(junk)); rep.fig(plot_rescue(resc))
         ood = resc[resc.corruption_type != 'id_control']
         circuits_rec = _circuit_phase(cfg, model, pairs, sae, sae_site, best, folder, rep, claims)
+        if importlib.util.find_spec('actlab.dashboards') is not None:  # what `actlab dashboard` and the notebook load instead of recomputing
+            from actlab.dashboards import build_dashboard_data, dashboard_extras, save_dashboard_data
+            bar.set_description('study: E dashboard data')
+            dd = build_dashboard_data(model, sae, pairs, patching=res, meta=dict(model=cfg.model.name, sae=rec['sae']['path']))
+            dd.extras = dashboard_extras(model, pairs)
+            save_dashboard_data(dd, folder); rec['dashboard_data'] = 'dashboard_data.pkl.gz'
         finish('features', t0, features=dict(n_suppressed_rows=len(sup), n_junk_rows=len(junk),
                                              median_rescue_ood=float(ood.rescue.median()) if ood.rescue.notna().any() else None,
                                              most_suppressed=sup.feature.value_counts().index[:cfg.features.top_k].tolist()),

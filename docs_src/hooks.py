@@ -6,7 +6,9 @@
 - nbconvert's widget loader points at the local @jupyter-widgets/html-manager (assets/jupyter-widgets/embed.js,
   the standalone build that needs no RequireJS) instead of a CDN;
 - known CDN scripts that outputs embed (sae-vis's d3 v6, also inside iframe srcdoc) point at local copies;
-- nbconvert's MathJax and mermaid loaders (cdnjs) are dropped (no local copies; the notebooks use neither).
+- nbconvert's MathJax and mermaid loaders (cdnjs) are dropped (no local copies; the notebooks use neither);
+- a page with saved widget state says, above its content, that those widgets are a snapshot (their Python callbacks
+  need a kernel: open the notebook in JupyterLab to drive them).
 """
 import re
 
@@ -28,6 +30,11 @@ def on_post_page(output, page, config, **kw):
     output = _CDN_MERMAID.sub('', output)
     output = _WIDGET_SRC.sub(lambda m: f"{m.group(1)}'{root}assets/jupyter-widgets/embed.js';", output)
     for cdn, local in LOCAL_COPIES.items(): output = output.replace(cdn, root + local)
+    if 'application/vnd.jupyter.widget-view+json' in output and 'actlab-static-note' not in output:
+        note = ('<div class="admonition note actlab-static-note"><p class="admonition-title">Widgets on this page are a saved snapshot</p>'
+                '<p>They show the state the notebook left them in; their callbacks run in Python, so changing a control here redraws '
+                'nothing. Open the notebook in JupyterLab (<code>jupyter lab nbs/</code>) and run it to use them.</p></div>')
+        output = re.sub(r'(<article class="md-content__inner md-typeset">)', lambda m: m.group(1) + note, output, count=1)
     if 'plotly-graph-div' in output and 'assets/js/plotly.min.js' not in output:
         output = output.replace('</head>', f'<script src="{root}assets/js/plotly.min.js"></script>\n</head>', 1)
     return output

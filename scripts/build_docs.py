@@ -39,6 +39,9 @@ class _ActlabDocsRenderer(_MR):
 _pio.renderers["actlab_docs"] = _ActlabDocsRenderer()
 _pio.renderers.default = "actlab_docs"
 del _MR
+import pandas as _pd, numpy as _np
+_pd.set_option('display.precision', 4)  # floats in printed tables: rounded
+_np.set_printoptions(precision=4, suppress=True)
 '''
 
 _re_dir = re.compile(r'^\s*#\|\s*(.*?)\s*$')

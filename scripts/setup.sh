@@ -19,4 +19,5 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ] || ! .venv/bin/python -c "import
   .venv/bin/python -m pip install -q -e ".[dev,ray]"  # ray: the optional engine, so its tests run
   echo "$want" > "$stamp"
 fi
+.venv/bin/python scripts/jupyter_hooks.py --install > /dev/null  # JupyterLab saves nbs/*.ipynb without outputs
 echo "== environment ready: $(.venv/bin/python -c 'import torch, transformer_lens, sae_lens; print("torch", torch.__version__, "| sae-lens", sae_lens.__version__)')"

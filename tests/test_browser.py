@@ -11,7 +11,7 @@ Screenshots go to tests/artifacts/. Chromium is installed by scripts/install_bro
 skip, saying why, only where it cannot be installed.
 Run: OMP_NUM_THREADS=1 .venv/bin/python -m pytest tests/test_browser.py -q
 """
-import functools, http.server, json, os, shutil, socket, subprocess, sys, threading, time, urllib.request
+import functools, http.server, json, os, re, shutil, socket, subprocess, sys, threading, time, urllib.request
 from pathlib import Path
 import pytest
 
@@ -199,5 +199,154 @@ def test_jupyterlab_real_dashboards_react(browser, jupyterlab):
     except Exception:
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
         page.screenshot(path=str(ARTIFACTS / 'jupyterlab_10_dashboards_failure.png'))
+        raise
+    finally: page.close()
+
+
+# --- the study's report and the standalone dashboards of a real (small) run, and the live notebook's linked views ---
+SCREENSHOTS = ROOT / 'docs_src' / 'screenshots'   # referenced by README.md (nbs/index.ipynb): rewritten by every browser run
+_OVERFLOW_JS = '() => [document.documentElement.scrollWidth, document.documentElement.clientWidth]'
+
+
+@pytest.fixture(scope='module')
+def study_run(tmp_path_factory):
+    "A small study, every phase, then `actlab dashboard RESULTS --out SITE` from the data the run saved; both served on 127.0.0.1."
+    from actlab.study import StudyConfig, ExtractionPhase, SAEPhase, run_study
+    from actlab.tasks import TaskConfig
+    from actlab.patching import PatchingConfig
+    from actlab.cli import main
+    from actlab.dashboards import find_d3
+    root = tmp_path_factory.mktemp('study')
+    if find_d3() is None:   # sae-vis needs a local d3 (docs_src/node_modules, npm ci): the same assets the docs site uses
+        from docs_helpers import load_build_docs
+        load_build_docs().copy_assets(root / 'proc')
+    cfg = StudyConfig(name='browser', task=TaskConfig(n_per_cell=12, suffix_lengths=(1, 4, 8)),
+                      patching=PatchingConfig(sites=('resid_pre', 'head')), extraction=ExtractionPhase(n_top_sites=1, progress=False),
+                      sae=SAEPhase(steps=200, d_sae=128, batch_size=128, norm_rows=256))
+    folder = run_study(cfg, root / 'results', progress=False)
+    assert main(['dashboard', str(folder), '--out', str(root / 'site')]) == 0
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
+    handler.log_message = lambda *a, **k: None
+    httpd = http.server.ThreadingHTTPServer(('127.0.0.1', 0), handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    yield root, f'http://127.0.0.1:{httpd.server_address[1]}'
+    httpd.shutdown()
+
+
+def _open(browser, url, width=1400):
+    blocked, errors = [], []
+    page = _page(browser, blocked)
+    page.set_viewport_size({'width': width, 'height': 1000})
+    page.on('console', lambda m: errors.append(m.text) if m.type == 'error' else None)
+    page.on('pageerror', lambda e: errors.append(str(e)))
+    page.goto(url, wait_until='load')
+    return page, blocked, errors
+
+
+def test_report_findings_fit_and_quiet(browser, study_run):
+    root, url = study_run
+    for width in (1280, 1400, 1920):
+        page, blocked, errors = _open(browser, f'{url}/results/browser/report.html', width)
+        page.wait_for_selector('.plotly-graph-div .main-svg', timeout=30_000)
+        page.wait_for_timeout(500)
+        sw, cw = page.evaluate(_OVERFLOW_JS)
+        assert sw <= cw, f'report scrolls sideways at {width} px: {sw} > {cw}'
+        assert not errors and not blocked, (errors, blocked)
+        box = page.locator('#findings')
+        assert box.is_visible()
+        rows = box.locator('tr').count() - 1
+        text = box.inner_text()
+        assert rows >= 4 and re.search(r'\d\.\d', text) and ('holds' in text), text[:500]
+        for fig in page.locator('figure').all():   # every figure: a caption, and no wider than the page
+            assert 'What to look for' in fig.locator('figcaption').inner_text()
+            assert fig.bounding_box()['width'] <= cw
+        if width == 1400:
+            ARTIFACTS.mkdir(parents=True, exist_ok=True); SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+            page.screenshot(path=str(ARTIFACTS / 'report_1400.png'), full_page=True)
+            box.screenshot(path=str(SCREENSHOTS / 'findings.png'))
+            href = box.locator('a[href^="#fig-"]').first.get_attribute('href')
+            assert page.locator(href).count() == 1, f'findings link {href} has no figure'   # the link lands on its figure
+        page.close()
+
+
+def test_standalone_dashboards_linked_and_fit(browser, study_run):
+    root, url = study_run
+    site = root / 'site'
+    names = sorted(p.stem for p in site.glob('*.html'))
+    assert {'index', 'examples', 'features', 'rescue_overview', 'sae_vis', 'attention', 'logprobs', 'paths'} <= set(names)
+    for name in names:
+        page, blocked, errors = _open(browser, f'{url}/site/{name}.html')
+        page.wait_for_timeout(1500 if name in ('sae_vis', 'attention', 'logprobs', 'examples') else 500)
+        sw, cw = page.evaluate(_OVERFLOW_JS)
+        assert sw <= cw, f'{name}.html scrolls sideways at 1400 px: {sw} > {cw}'
+        assert not errors and not blocked, (name, errors, blocked)
+        ctx = page.locator('.actlab-context').inner_text()
+        assert 'model' in ctx and 'SAE' in ctx and 'hook_' in ctx, (name, ctx)   # every page says what it shows
+        assert page.locator('nav.actlab-nav a').count() == len(names)
+        page.close()
+    # examples: pick an example, then one of its features: sae-vis opens on it
+    page, blocked, errors = _open(browser, f'{url}/site/examples.html')
+    page.wait_for_selector('#detail h2')
+    second = page.locator('.ex-list a').nth(1)
+    sid = second.get_attribute('data-id'); second.click()
+    page.wait_for_function(f"document.querySelector('#detail h2').innerText.includes('example {sid}')")
+    page.wait_for_selector('#heat .main-svg, #heat p')
+    assert 'predicts' in page.locator('#detail').inner_text()
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / 'site_examples.png'))
+    link = page.locator('#detail a[href^="sae_vis.html#feature="]')
+    if link.count() == 0:   # this example's top features are not on the sae-vis page: take one that has a link
+        for a in page.locator('.ex-list a').all():
+            a.click(); page.wait_for_timeout(100)
+            if link.count(): break
+    assert link.count(), 'no example links a feature to sae-vis'
+    f = link.first.get_attribute('href').split('=')[-1]
+    link.first.click()
+    page.wait_for_url(f'**/sae_vis.html#feature={f}')
+    page.wait_for_selector('#select-0', timeout=30_000)
+    assert page.locator('#select-0').input_value() == f   # sae-vis shows the feature clicked in the example browser
+    page.wait_for_timeout(1000)
+    assert not errors and not blocked, (errors, blocked)
+    page.screenshot(path=str(ARTIFACTS / 'site_sae_vis.png'))
+    page.close()
+
+
+def test_jupyterlab_linked_dashboard_after_run_all(browser, jupyterlab):
+    "nbs/10_dashboards.ipynb, Run All in JupyterLab: no widget left in an error state, no sideways scroll at 1400 px, and a feature "
+    "chosen in the example browser shows in the feature browser (the kernel's link)."
+    url, token, root = jupyterlab
+    page = _page(browser, [])
+    errors = []
+    page.on('pageerror', lambda e: errors.append(str(e)))
+    page.set_viewport_size({'width': 1400, 'height': 1000})
+    try:
+        _open_and_run_all(page, url, token, DASHBOARDS_NB.name)
+        linked = page.locator('.jp-OutputArea .actlab-dashboard:has(.widget-tab)').last
+        linked.wait_for(state='visible', timeout=600_000)
+        page.wait_for_selector('.jp-Notebook-ExecutionIndicator[data-status="idle"]', timeout=600_000)
+        page.wait_for_timeout(2000)
+        msgs = [m for m in page.locator('.jp-OutputArea .actlab-dashboard .actlab-message').all_inner_texts() if m.strip()]
+        assert not msgs, f'widgets left showing an error after Run All: {msgs}'
+        assert page.locator('.jp-OutputArea-output[data-mime-type="application/vnd.jupyter.stderr"]').count() == 0, 'a cell printed to stderr'
+        over = page.evaluate('''() => [...document.querySelectorAll('.jp-Cell-outputArea')].filter(e => e.scrollWidth > e.clientWidth + 2).length''')
+        assert over == 0, f'{over} output areas scroll sideways at 1400 px'
+        feat = linked.locator('.actlab-example-browser .widget-text input').first
+        fb_feat = linked.locator('.actlab-feature-browser .widget-text input').first
+        fbox = linked.locator('.actlab-feature-browser').first.element_handle()
+        before = fbox.evaluate('e => e.textContent')
+        new = str(int(feat.input_value()) + 1)
+        feat.fill(new); feat.press('Enter')
+        page.wait_for_function('([el, v]) => el.value === v', arg=[fb_feat.element_handle(), new], timeout=60_000)   # linked in the kernel
+        page.wait_for_function('([el, b]) => el.textContent !== b', arg=[fbox, before], timeout=60_000)   # and the feature browser redrew
+        linked.locator('.lm-TabBar-tab, .p-TabBar-tab').nth(1).click()
+        page.wait_for_timeout(1000)
+        linked.scroll_into_view_if_needed()
+        SCREENSHOTS.mkdir(parents=True, exist_ok=True); ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        linked.screenshot(path=str(SCREENSHOTS / 'dashboard.png'))
+        page.screenshot(path=str(ARTIFACTS / 'jupyterlab_linked.png'))
+        assert not [e for e in errors if 'widget' in e.lower()], errors
+    except Exception:
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / 'jupyterlab_linked_failure.png'))
         raise
     finally: page.close()

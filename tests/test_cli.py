@@ -58,6 +58,42 @@ def test_probe_command_writes_results_with_manifest(tmp_path):
     assert m['phases'] == ['baseline', 'patching', 'extraction', 'probes']
     assert sum(m['probes']['failure_classes'].values()) == m['n_pairs']
     assert (folder / 'report.html').exists() and (folder / 'plotly.min.js').exists() and (folder / 'store' / 'manifest.json').exists()
+    claims = json.loads((folder / 'claims.json').read_text())['claims']
+    assert {'clean_accuracy', 'ood_drop_grows_with_length'} <= {c['name'] for c in claims}
+    page = (folder / 'report.html').read_text()
+    box = page[page.index('id="findings"'):page.index('</section>')]
+    assert all(c['name'] in box for c in claims) and f"min_accuracy</b> {claims[0]['evidence']['min_accuracy']:.3g}" in box
+    assert page.index('id="findings"') < page.index('<h2>A.')  # the findings come first
+    assert 'Tried to stack head results' not in r.stdout + r.stderr  # no TransformerLens notices
+
+
+def test_config_is_commented_yaml():
+    r = actlab('config')
+    assert r.returncode == 0
+    assert StudyConfig.from_yaml(r.stdout) == StudyConfig()
+    lines = r.stdout.splitlines()
+    fields = [i for i, l in enumerate(lines) if l.strip() and not l.strip().startswith(('#', '-'))]
+    assert fields and all(lines[i - 1].strip().startswith('#') for i in fields)
+    site = lines.index('  site: \'\'')
+    assert "''" in lines[site - 1]  # says what '' selects
+    plain = actlab('config', '--plain').stdout
+    assert '#' not in plain and StudyConfig.from_yaml(plain) == StudyConfig()
+
+
+def test_dashboard_command_loads_what_run_saved(tmp_path):
+    from actlab.study import SAEPhase, ExtractionPhase
+    cfg = StudyConfig(name='d', task=TaskConfig(n_per_cell=6, suffix_lengths=(1, 4)), patching=PatchingConfig(sites=('resid_pre', 'head')),
+                      extraction=ExtractionPhase(n_top_sites=1, progress=False), sae=SAEPhase(steps=20, d_sae=64, batch_size=64, norm_rows=64))
+    cfg.to_yaml(tmp_path / 'study.yaml')
+    r = actlab('run', tmp_path / 'study.yaml', '--out', tmp_path / 'results', '--no-progress')
+    assert r.returncode == 0, r.stderr
+    folder = tmp_path / 'results' / 'd'
+    assert json.loads((folder / 'manifest.json').read_text())['dashboard_data'] == 'dashboard_data.pkl.gz'
+    r = actlab('dashboard', folder, '--out', tmp_path / 'site')
+    assert r.returncode == 0, r.stderr
+    assert 'computing it' not in r.stderr  # loaded, not recomputed
+    assert (tmp_path / 'site' / 'index.html').exists() and (tmp_path / 'site' / 'examples.html').exists()
+    assert not (folder / 'dashboards').exists()
 
 
 def test_train_model_loads_the_cached_model(tmp_path):

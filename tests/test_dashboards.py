@@ -9,7 +9,7 @@ from actlab.extract import extract, ExtractConfig
 from actlab.features import quick_sae
 from actlab.dashboards import (build_dashboard_data, DashboardInputError, ExampleBrowser, FeatureBrowser, RescueOverview, dashboard,
                                open_dashboard, saevis_dashboard, concat_prompts, attention_html, logprobs_html, build_dashboard_html,
-                               saevis_adapter)
+                               saevis_adapter, save_dashboard_data, load_dashboard_data, SaeVisView, saevis_features)
 
 @pytest.fixture(scope='module')
 def setup():
@@ -35,7 +35,7 @@ def test_example_browser(setup):
     assert eb.example.value != e0 and eb.tokens.value != v0 and eb.message.value == ''
     row = data.df[data.df.example_id == eb.example.value].iloc[0]
     assert row.corruption_type == 'punctuation' and row.suffix_length == 4
-    assert f'{row.rescue_score:.3f}' in eb.info.value or np.isnan(row.rescue_score)
+    assert f'{row.rescue_score:.2f}' in eb.info.value if not row.survives else 'n/a' in eb.info.value
     assert eb.heatmap.outputs and 'application/vnd.plotly.v1+json' in eb.heatmap.outputs[0]['data']
     t = eb.tokens.value
     eb.feature.value = int(np.argmax(data.token_acts[eb.example.value].max(0)))
@@ -70,14 +70,14 @@ def test_rescue_overview(setup):
 
 def test_dashboard_tabs_and_store_hook(setup, tmp_path):
     model, pairs, sae, data = setup
-    tab = dashboard(data)
-    assert len(tab.children) == 3 and 'actlab-dashboard' in tab._dom_classes
+    box = dashboard(data)
+    assert len(box.tab.children) == 3 and 'actlab-dashboard' in box._dom_classes and data.hook_name in box.children[0].value
     store = extract(model, pairs, tmp_path / 's', ExtractConfig(hooks=('blocks.0.hook_resid_pre',), also_clean=True, progress=False))
     w = open_dashboard(model, sae, pairs, store=store)  # the SAE reads blocks.1: message, not a traceback
     assert 'actlab-message' in w.children[0].value and 'blocks.1.hook_resid_pre' in w.children[0].value
     good = extract(model, pairs, tmp_path / 'g', ExtractConfig(hooks=('blocks.1.hook_resid_pre',), also_clean=True, progress=False))
     tab2 = open_dashboard(model, sae, pairs, store=good, patching=data.patching)
-    assert len(tab2.children) == 3
+    assert len(tab2.tab.children) == 3
 
 def test_saevis_and_circuitsvis(setup):
     model, pairs, sae, data = setup
@@ -96,12 +96,15 @@ def test_saevis_and_circuitsvis(setup):
 def test_build_dashboard_html(setup, tmp_path):
     model, pairs, sae, data = setup
     files = build_dashboard_html(tmp_path, model, pairs, sae, data=data)
-    assert set(files) == {'features', 'rescue_overview', 'sae_vis', 'attention', 'logprobs', 'index'}
+    assert set(files) == {'features', 'rescue_overview', 'sae_vis', 'attention', 'logprobs', 'index', 'examples', 'paths'}
     assert (tmp_path / 'plotly.min.js').exists()
     ro = files['rescue_overview'].read_text()
     assert ro.count('Plotly.newPlot') == 2 * len(data.suffix_lengths) and 'cdn.plot.ly' not in ro.split('<body')[0]
-    idx = files['index'].read_text()
-    assert all(p.name in idx for n, p in files.items() if n != 'index')
+    for name, p in files.items():  # styled, linked, and saying what it shows
+        t = p.read_text()
+        assert all(f'href="{q.name}"' in t for q in files.values()), name
+        assert 'actlab-context' in t and data.hook_name in t and 'd_sae' in t, name
+    assert 'prompt &quot;' in files['attention'].read_text() and 'the model predicts' in files['logprobs'].read_text()
 
 def test_saevis_offline_d3(setup, tmp_path, monkeypatch):
     model, pairs, sae, data = setup
@@ -113,3 +116,43 @@ def test_saevis_offline_d3(setup, tmp_path, monkeypatch):
     saevis_dashboard(model, sae, [0], toks, path=tmp_path / 'out' / 'vis.html', offline='directory')
     assert (tmp_path / 'out' / 'd3.v6.min.js').read_text() == fake.read_text() and (tmp_path / 'out' / 'plotly.min.js').exists()
     assert 'src="https://d3js.org/d3.v6.min.js"' in saevis_dashboard(model, sae, [0], toks, d3_js=None)
+
+
+def test_linked_tabs_and_example_views(setup):
+    *_, data = setup
+    box = dashboard(data)
+    eb, fb, ro = (box.parts[k] for k in ('example browser', 'feature browser', 'rescue overview'))
+    f = int(np.argsort(-(data.fa.corrupted > 0).sum(0))[2])
+    eb.feature.value = f
+    assert fb.feature.value == f and fb.figures['features'].layout.title.text == f'feature {f}'  # the other tab followed
+    eb.pick.value = eb.pick.options[0][1]  # a top feature of the example
+    assert fb.feature.value == eb.pick.options[0][1]
+    e = fb.example.options[-1][1]; fb.example.value = e  # one of the feature's top examples
+    assert eb.example.value == e and box.tab.selected_index == 0
+    survived = data.df[data.df.survives.astype(bool)].example_id.iloc[0]
+    failed = data.df[~data.df.survives.astype(bool)].example_id.iloc[0]
+    eb.show(survived)
+    assert 'rescue</b> n/a' in eb.info.value and len(eb.figures['heatmap'].data) == 0
+    eb.show(failed)
+    assert 'failed' in eb.info.value and len(eb.figures['heatmap'].data) >= 1 and 'predicts' in eb.prediction.value
+    bars = [t for t in fb.figures['features'].data if t.type == 'bar']
+    assert fb.figures['features'].layout.barmode == 'group' and all(b.error_y.array is not None for b in bars)
+    x = ro.figures['layer_pos'].data[0].x
+    assert 'answer pos' in x and not any(':' in v for v in x)  # pooled: positions, not one example's tokens
+
+
+def test_saved_data_round_trip_and_saevis_view(setup, tmp_path):
+    model, pairs, sae, data = setup
+    p = save_dashboard_data(data, tmp_path)
+    d2 = load_dashboard_data(tmp_path)
+    assert p.exists() and len(d2.df) == len(data.df) and np.array_equal(d2.fa.corrupted, data.fa.corrupted)
+    with pytest.raises(DashboardInputError, match='actlab run'): load_dashboard_data(tmp_path / 'none')
+    (tmp_path / 'bad').mkdir(); (tmp_path / 'bad' / 'dashboard_data.pkl.gz').write_bytes(b'junk')
+    with pytest.raises(DashboardInputError, match='damaged'): load_dashboard_data(tmp_path / 'bad')
+    page = saevis_dashboard(model, sae, [0, 1], concat_prompts(model, pairs, n_rows=16),
+                            probes={'a': np.ones(model.cfg.d_model), 'b': np.arange(model.cfg.d_model, dtype=float)})
+    assert saevis_features(page) == [0, 1] and '(none)' not in page and "PROBE 'a, b'" in page
+    v = SaeVisView(page, 1)
+    assert '&quot;1&quot;' in v.view.value and v.message.value == ''
+    v.feature.value = 5
+    assert 'not on this sae-vis page' in v.message.value

@@ -63,3 +63,14 @@ def test_no_cdn_anywhere(site):
     bad = {str(p.relative_to(site)): sorted(set(REMOTE_LOAD.findall(p.read_text())))[:5] for p in pages}
     bad = {k: v for k, v in bad.items() if v}
     assert not bad, f'pages that load from the network: {bad}'
+
+
+def test_pages_are_quiet_and_say_widgets_are_static(site):
+    "no library warnings or TransformerLens notices in any page's outputs; widget pages say they are a snapshot"
+    noise = ('UserWarning', 'Tried to stack head results', '/.venv/', 'site-packages/')
+    for page in site.rglob('index.html'):
+        text = re.sub(r'<script.*?</script>', '', page.read_text(), flags=re.S)
+        found = [n for n in noise if n in text]
+        assert not found, f'{page.relative_to(site)}: {found}'
+    for name, page in dashboard_pages(site).items():
+        assert 'actlab-static-note' in page.read_text(), f'{name}: no notice that its widgets are a saved snapshot'
