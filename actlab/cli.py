@@ -191,7 +191,7 @@ def _dispatch(args) -> int:
         from actlab.tasks import make_pairs
         cfg = StudyConfig.from_dict(m.get('study') or {})
         model = load_model(cfg.model.name, device=cfg.model.device)
-        saved = folder / m.get('dashboard_data', 'dashboard_data.pkl.gz')
+        saved = folder / m.get('dashboard_data', 'dashboard_data.npz')
         data = load_dashboard_data(saved) if saved.exists() else None  # saved by `actlab run`: nothing recomputed
         if data is None: print(f"no saved dashboard data in {folder} (a run without phase E): computing it", file=sys.stderr)
         try:

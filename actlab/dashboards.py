@@ -135,27 +135,87 @@ def build_dashboard_data(model, sae, pairs, patching=None, store=None,
     info.update(meta or {})
     return DashboardData(df, str_tokens, token_acts, fa, attr, effects, vocab, patching, sites, hook, head_changes(model, pairs), preds, info)
 
-def save_dashboard_data(data: DashboardData, path: str | Path) -> Path:
-    "Write `data` to one file (`dashboard_data.pkl.gz`; `actlab run` writes it into the results folder), atomically."
-    import gzip, pickle
+def _encode(obj, arrays: list):
+    "A JSON-able form of `obj`: arrays and frames go to `arrays` by index, actlab dataclasses by name; anything else is refused."
+    import dataclasses, io
+    if obj is None or isinstance(obj, (bool, int, float, str)): return obj
+    if isinstance(obj, np.generic): return obj.item()
+    if isinstance(obj, torch.Tensor):
+        arrays.append(obj.detach().cpu().float().numpy() if obj.dtype == torch.bfloat16 else obj.detach().cpu().numpy())
+        return {'__pt__': len(arrays) - 1}
+    if isinstance(obj, np.ndarray):
+        if obj.dtype == object: return {'__obj__': [_encode(x, arrays) for x in obj.ravel().tolist()], 'shape': list(obj.shape)}
+        arrays.append(obj); return {'__nd__': len(arrays) - 1}
+    if isinstance(obj, pd.DataFrame):
+        buf = io.BytesIO(); obj.to_parquet(buf)
+        arrays.append(np.frombuffer(buf.getvalue(), dtype=np.uint8)); return {'__df__': len(arrays) - 1}
+    if isinstance(obj, Path): return {'__path__': str(obj)}
+    if isinstance(obj, tuple): return {'__tuple__': [_encode(x, arrays) for x in obj]}
+    if isinstance(obj, list): return [_encode(x, arrays) for x in obj]
+    if isinstance(obj, dict): return {'__dict__': [[_encode(k, arrays), _encode(v, arrays)] for k, v in obj.items()]}
+    if dataclasses.is_dataclass(obj) and type(obj).__module__.startswith('actlab.'):
+        return {'__dc__': f'{type(obj).__module__}:{type(obj).__qualname__}', 'fields': {k: _encode(v, arrays) for k, v in vars(obj).items()}}
+    raise TypeError(f"cannot save a {type(obj).__module__}.{type(obj).__qualname__} in dashboard data")
+
+def _decode(x, arrays):
+    "Inverse of `_encode`; only actlab dataclasses are rebuilt (by name, without running any code from the file)."
+    import dataclasses, importlib, io
+    if isinstance(x, list): return [_decode(v, arrays) for v in x]
+    if not isinstance(x, dict): return x
+    if '__nd__' in x: return arrays[x['__nd__']]
+    if '__pt__' in x: return torch.from_numpy(arrays[x['__pt__']].copy())
+    if '__df__' in x: return pd.read_parquet(io.BytesIO(arrays[x['__df__']].tobytes()))
+    if '__obj__' in x:
+        out = np.empty(len(x['__obj__']), dtype=object); out[:] = [_decode(v, arrays) for v in x['__obj__']]
+        return out.reshape(x['shape'])
+    if '__path__' in x: return Path(x['__path__'])
+    if '__tuple__' in x: return tuple(_decode(v, arrays) for v in x['__tuple__'])
+    if '__dict__' in x: return {_key(_decode(k, arrays)): _decode(v, arrays) for k, v in x['__dict__']}
+    if '__dc__' in x:
+        mod, name = x['__dc__'].split(':')
+        if not mod.startswith('actlab.'): raise ValueError(f"refusing to rebuild {x['__dc__']}: not an actlab class")
+        cls = getattr(importlib.import_module(mod), name, None)
+        if cls is None or not dataclasses.is_dataclass(cls): raise ValueError(f"{x['__dc__']} is not an actlab dataclass")
+        obj = object.__new__(cls)  # fields set directly: nothing in the file decides what code runs
+        obj.__dict__.update({k: _decode(v, arrays) for k, v in x['fields'].items()})
+        return obj
+    raise ValueError(f"unknown entry in dashboard data: {sorted(x)[:3]}")
+
+def _key(k): return tuple(k) if isinstance(k, list) else k
+
+def save_dashboard_data(data: DashboardData,  # what `build_dashboard_data` returned
+                        path: str | Path,  # a results folder (the file goes inside) or a `.npz` file name
+                       ) -> Path:
+    "Write `data` to one file (`dashboard_data.npz`: arrays plus a JSON tree, no pickle; `actlab run` writes it into the results folder), atomically."
+    import io, json
     path = Path(path)
-    if path.suffix != '.gz': path = path / 'dashboard_data.pkl.gz'
+    if path.suffix != '.npz': path = path / 'dashboard_data.npz'
     path.parent.mkdir(parents=True, exist_ok=True)
-    blob = gzip.compress(pickle.dumps(dict(version=1, data=data), protocol=pickle.HIGHEST_PROTOCOL), compresslevel=3)
-    atomic_write(path, blob)
+    arrays = []
+    tree = json.dumps(_encode(dict(version=2, data=data), arrays)).encode()
+    buf = io.BytesIO()
+    np.savez_compressed(buf, tree=np.frombuffer(tree, dtype=np.uint8), **{f'a{i}': a for i, a in enumerate(arrays)})
+    atomic_write(path, buf.getvalue())
     return path
 
-def load_dashboard_data(path: str | Path) -> DashboardData:
-    "The `DashboardData` saved by `save_dashboard_data` (a results folder or the file itself); a clear error where there is none."
-    import gzip, pickle
+def load_dashboard_data(path: str | Path,  # a results folder or the `.npz` file itself
+                       ) -> DashboardData:
+    "The `DashboardData` saved by `save_dashboard_data` (a results folder or the file itself); never unpickles anything."
+    import json, zipfile
     path = Path(path)
-    if path.is_dir(): path = path / 'dashboard_data.pkl.gz'
+    if path.is_dir(): path = path / 'dashboard_data.npz'
     if not path.exists(): raise DashboardInputError(f"no saved dashboard data at {path}; run the whole study (`actlab run study.yaml`) first")
-    try: d = pickle.loads(gzip.decompress(path.read_bytes()))
-    except Exception as e: raise DashboardInputError(f"{path} is damaged ({type(e).__name__}); run the study again") from None
-    if not isinstance(d, dict) or d.get('version') != 1: raise DashboardInputError(f"{path} was written by another actlab version; run the study again")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            tree = json.loads(z['tree'].tobytes())
+            arrays = [z[f'a{i}'] for i in range(len(z.files) - 1)]
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile, json.JSONDecodeError) as e:
+        raise DashboardInputError(f"{path} is damaged or not dashboard data ({type(e).__name__}); run the study again") from None
+    if not isinstance(tree, dict) or tree.get('__dict__', [[None, None]])[0] != ['version', 2]:
+        raise DashboardInputError(f"{path} was written by another actlab version; run the study again")
+    try: d = _decode(tree, arrays)
+    except (ValueError, TypeError, ImportError, AttributeError) as e: raise DashboardInputError(f"{path}: {e}; run the study again") from None
     return d['data']
-
 
 # %% ../nbs/10_dashboards.ipynb #46ed1361
 _MSG_STYLE = 'background:#fff3cd;border:1px solid #e0c36c;padding:4px 8px;border-radius:4px'

@@ -705,7 +705,7 @@ def run_study(cfg: StudyConfig = StudyConfig(), out: str | Path = 'results', pro
             bar.set_description('study: E dashboard data')
             dd = build_dashboard_data(model, sae, pairs, patching=res, meta=dict(model=cfg.model.name, sae=rec['sae']['path']))
             dd.extras = dashboard_extras(model, pairs)
-            save_dashboard_data(dd, folder); rec['dashboard_data'] = 'dashboard_data.pkl.gz'
+            save_dashboard_data(dd, folder); rec['dashboard_data'] = 'dashboard_data.npz'
         finish('features', t0, features=dict(n_suppressed_rows=len(sup), n_junk_rows=len(junk),
                                              median_rescue_ood=float(ood.rescue.median()) if ood.rescue.notna().any() else None,
                                              most_suppressed=sup.feature.value_counts().index[:cfg.features.top_k].tolist()),

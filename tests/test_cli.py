@@ -88,7 +88,7 @@ def test_dashboard_command_loads_what_run_saved(tmp_path):
     r = actlab('run', tmp_path / 'study.yaml', '--out', tmp_path / 'results', '--no-progress')
     assert r.returncode == 0, r.stderr
     folder = tmp_path / 'results' / 'd'
-    assert json.loads((folder / 'manifest.json').read_text())['dashboard_data'] == 'dashboard_data.pkl.gz'
+    assert json.loads((folder / 'manifest.json').read_text())['dashboard_data'] == 'dashboard_data.npz'
     r = actlab('dashboard', folder, '--out', tmp_path / 'site')
     assert r.returncode == 0, r.stderr
     assert 'computing it' not in r.stderr  # loaded, not recomputed

@@ -147,7 +147,7 @@ def test_saved_data_round_trip_and_saevis_view(setup, tmp_path):
     d2 = load_dashboard_data(tmp_path)
     assert p.exists() and len(d2.df) == len(data.df) and np.array_equal(d2.fa.corrupted, data.fa.corrupted)
     with pytest.raises(DashboardInputError, match='actlab run'): load_dashboard_data(tmp_path / 'none')
-    (tmp_path / 'bad').mkdir(); (tmp_path / 'bad' / 'dashboard_data.pkl.gz').write_bytes(b'junk')
+    (tmp_path / 'bad').mkdir(); (tmp_path / 'bad' / 'dashboard_data.npz').write_bytes(b'junk')
     with pytest.raises(DashboardInputError, match='damaged'): load_dashboard_data(tmp_path / 'bad')
     page = saevis_dashboard(model, sae, [0, 1], concat_prompts(model, pairs, n_rows=16),
                             probes={'a': np.ones(model.cfg.d_model), 'b': np.arange(model.cfg.d_model, dtype=float)})
@@ -156,3 +156,19 @@ def test_saved_data_round_trip_and_saevis_view(setup, tmp_path):
     assert '&quot;1&quot;' in v.view.value and v.message.value == ''
     v.feature.value = 5
     assert 'not on this sae-vis page' in v.message.value
+
+
+def test_saved_data_never_runs_code_from_the_file(tmp_path):
+    "A file a user could have placed is read as arrays and JSON only: pickled objects and non-actlab classes are refused."
+    import io, json
+    def write(tree, **arrays):
+        buf = io.BytesIO()
+        np.savez(buf, tree=np.frombuffer(json.dumps(tree).encode(), dtype=np.uint8), **arrays)
+        (tmp_path / 'dashboard_data.npz').write_bytes(buf.getvalue())
+    version = {'__dict__': [['version', 2], ['data', None]]}
+    write(version, a0=np.array([object()], dtype=object))  # np.savez pickles object arrays; loading must refuse them
+    with pytest.raises(DashboardInputError, match='damaged'): load_dashboard_data(tmp_path)
+    write({'__dict__': [['version', 2], ['data', {'__dc__': 'os:system', 'fields': {}}]]})
+    with pytest.raises(DashboardInputError, match='not an actlab class'): load_dashboard_data(tmp_path)
+    write({'__dict__': [['version', 2], ['data', {'__dc__': 'actlab.core:check', 'fields': {}}]]})
+    with pytest.raises(DashboardInputError, match='not an actlab dataclass'): load_dashboard_data(tmp_path)
