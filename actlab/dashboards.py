@@ -4,7 +4,7 @@
 
 # %% ../nbs/10_dashboards.ipynb #b44a468b
 from __future__ import annotations
-import contextlib, html, json, shutil
+import contextlib, html, json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence

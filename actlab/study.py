@@ -4,7 +4,9 @@
 
 # %% ../nbs/11_study.ipynb #a89f33fb
 from __future__ import annotations
-import datetime, html, importlib.util, json, os, re, time
+import datetime, html, json, os, re, time
+from typing import TYPE_CHECKING
+if TYPE_CHECKING: import plotly.graph_objects as go  # for the annotations only
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
@@ -17,9 +19,9 @@ from .core import Config, ConfigError, check, check_device, write_manifest, seed
 from .tasks import TaskConfig, make_pairs
 from .models import load_model, builtin_corpus
 from .metrics import split_halves
-from .baseline import (evaluate_pairs, condition_table, plot_conditions, plot_attribution, phenomenon_claims,
+from .baseline import (evaluate_pairs, condition_table, plot_attribution, phenomenon_claims,
                              decodability_by_layer, decodability_table, decodable_upstream_claim)
-from .patching import PatchingConfig, patch_pairs, heatmap_layer_pos_by_family, heatmap_layer_head
+from .patching import PatchingConfig, heatmap_layer_pos_by_family, heatmap_layer_head
 from .extract import ExtractConfig, extract, top_sites
 from .rescue import site_rescue_claim
 from . import engine as _engine
@@ -31,21 +33,13 @@ from .saes import SAETrainConfig, TensorProvider, train_sae, load_sae, plot_hist
 from .sae_eval import recovery_table, plot_recovery, grouped_holdout, store_vectors, heldout_eval, heldout_claims
 
 # %% auto #0
-__all__ = ['HAS_FEATURES', 'PHASES', 'FIGURE_NOTES', 'CLAIM_FIGURES', 'ModelConfig', 'ExtractionPhase', 'ProbesPhase', 'SAEPhase',
-           'StudyConfig', 'figure_note', 'fit_figure', 'position_label', 'relabel_positions', 'claim_numbers',
-           'findings_html', 'read_claims', 'add_claims', 'go_copy', 'Report', 'plot_condition_intervals',
-           'ResultsFolderError', 'check_devices', 'check_study_inputs', 'check_class_sizes', 'claim_folder',
-           'run_study']
+__all__ = ['PHASES', 'FIGURE_NOTES', 'CLAIM_FIGURES', 'ModelConfig', 'ExtractionPhase', 'ProbesPhase', 'SAEPhase', 'StudyConfig',
+           'figure_note', 'fit_figure', 'position_label', 'relabel_positions', 'claim_numbers', 'findings_html',
+           'read_claims', 'add_claims', 'go_copy', 'Report', 'plot_condition_intervals', 'ResultsFolderError',
+           'check_devices', 'check_study_inputs', 'check_class_sizes', 'claim_folder', 'run_study']
 
 # %% ../nbs/11_study.ipynb #b6f63565
-HAS_FEATURES = importlib.util.find_spec('actlab.features') is not None
-if HAS_FEATURES:
-    from actlab.features import FeatureConfig
-else:
-    @dataclass
-    class FeatureConfig(Config):
-        "Stand-in for `actlab.features.FeatureConfig` (not installed): phase E is skipped."
-        top_k: int = 5
+from .features import FeatureConfig
 
 # %% ../nbs/11_study.ipynb #33e8f8d1
 PHASES = ('baseline', 'patching', 'extraction', 'probes', 'sae', 'features')  # A, B, C, D (probes, SAEs), E
@@ -381,7 +375,8 @@ class Report:
 
 # %% ../nbs/11_study.ipynb #5e0f1a05
 def plot_condition_intervals(table: pd.DataFrame,  # `actlab.baseline.condition_table` output
-                             metric: str = 'accuracy') -> 'go.Figure':
+                             metric: str = 'accuracy',  # 'accuracy' or 'logit_diff'
+                            ) -> 'go.Figure':
     "`metric` by condition and suffix length with 95% intervals; markers offset per condition so overlapping lines stay visible."
     import plotly.graph_objects as go
     if metric not in ('accuracy', 'logit_diff', 'margin'): raise ValueError(f"metric must be 'accuracy', 'logit_diff' or 'margin', got {metric!r}")
@@ -498,7 +493,7 @@ def run_study(cfg: StudyConfig = StudyConfig(), out: str | Path = 'results', pro
     claim_folder(folder, cfg, overwrite)
     folder.mkdir(parents=True, exist_ok=True)
     seed_everything(cfg.seed)
-    t_start, done, timings, rec = time.time(), [], {}, {}
+    done, timings, rec = [], {}, {}
     cfg.to_yaml(folder / 'study.yaml')
     rep = Report(f'actlab study {cfg.name!r}')
     bar = tqdm(total=len(cfg.phases), desc='study', disable=not progress)
@@ -683,33 +678,29 @@ def run_study(cfg: StudyConfig = StudyConfig(), out: str | Path = 'results', pro
                                 frac_recovered=rec_t.frac_recovered.round(4).to_dict(), n_train_vectors=n_train), heldout=heldout)
     if 'features' not in cfg.phases: return _close(bar, folder)
 
-    # phase E: features (when the module exists)
+    # phase E: features and circuits
     t0 = time.time(); bar.set_description('study: E features')
     rep.h('E. Features: which carry the answer, which junk the suffixes switch on, and a rescue')
-    if not HAS_FEATURES:
-        rep.p('phase E skipped: actlab.features is not installed in this version.')
-        finish('features', t0, features='skipped: actlab.features not installed')
-    else:
-        from actlab.features import (pair_feature_acts, suppressed_features, plot_suppressed, junk_features, plot_junk,
-                                     rescue_by_cell, plot_rescue)
-        fa = pair_feature_acts(model, sae, pairs)
-        sup, junk = suppressed_features(fa, cfg.features), junk_features(fa, cfg.features, where='any')
-        resc = rescue_by_cell(model, sae, pairs, top_k=cfg.features.top_k, cfg=cfg.features)
-        _save(sup, folder / 'features_suppressed.csv', index=False); _save(junk, folder / 'features_junk.csv', index=False)
-        _save(resc, folder / 'features_rescue.parquet')
-        rep.fig(plot_suppressed(sup)); rep.fig(plot_junk(junk)); rep.fig(plot_rescue(resc))
-        ood = resc[resc.corruption_type != 'id_control']
-        circuits_rec = _circuit_phase(cfg, model, pairs, sae, sae_site, best, folder, rep, claims)
-        if importlib.util.find_spec('actlab.dashboards') is not None:  # what `actlab dashboard` and the notebook load instead of recomputing
-            from actlab.dashboards import build_dashboard_data, dashboard_extras, save_dashboard_data
-            bar.set_description('study: E dashboard data')
-            dd = build_dashboard_data(model, sae, pairs, patching=res, meta=dict(model=cfg.model.name, sae=rec['sae']['path']))
-            dd.extras = dashboard_extras(model, pairs)
-            save_dashboard_data(dd, folder); rec['dashboard_data'] = 'dashboard_data.npz'
-        finish('features', t0, features=dict(n_suppressed_rows=len(sup), n_junk_rows=len(junk),
-                                             median_rescue_ood=float(ood.rescue.median()) if ood.rescue.notna().any() else None,
-                                             most_suppressed=sup.feature.value_counts().index[:cfg.features.top_k].tolist()),
-               circuits=circuits_rec)
+    from actlab.features import (pair_feature_acts, suppressed_features, plot_suppressed, junk_features, plot_junk,
+                                 rescue_by_cell, plot_rescue)
+    fa = pair_feature_acts(model, sae, pairs)
+    sup, junk = suppressed_features(fa, cfg.features), junk_features(fa, cfg.features, where='any')
+    resc = rescue_by_cell(model, sae, pairs, top_k=cfg.features.top_k, cfg=cfg.features)
+    _save(sup, folder / 'features_suppressed.csv', index=False); _save(junk, folder / 'features_junk.csv', index=False)
+    _save(resc, folder / 'features_rescue.parquet')
+    rep.fig(plot_suppressed(sup)); rep.fig(plot_junk(junk)); rep.fig(plot_rescue(resc))
+    ood = resc[resc.corruption_type != 'id_control']
+    circuits_rec = _circuit_phase(cfg, model, pairs, sae, sae_site, best, folder, rep, claims)
+    # the dashboard data: what `actlab dashboard` and the notebook load instead of recomputing
+    from actlab.dashboards import build_dashboard_data, dashboard_extras, save_dashboard_data
+    bar.set_description('study: E dashboard data')
+    dd = build_dashboard_data(model, sae, pairs, patching=res, meta=dict(model=cfg.model.name, sae=rec['sae']['path']))
+    dd.extras = dashboard_extras(model, pairs)
+    save_dashboard_data(dd, folder); rec['dashboard_data'] = 'dashboard_data.npz'
+    finish('features', t0, features=dict(n_suppressed_rows=len(sup), n_junk_rows=len(junk),
+                                         median_rescue_ood=float(ood.rescue.median()) if ood.rescue.notna().any() else None,
+                                         most_suppressed=sup.feature.value_counts().index[:cfg.features.top_k].tolist()),
+           circuits=circuits_rec)
     return _close(bar, folder)
 
 def _circuit_phase(cfg: 'StudyConfig', model, pairs, sae, sae_site: str, best: pd.DataFrame, folder: Path, rep: 'Report', all_claims: list) -> dict:
