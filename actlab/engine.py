@@ -77,7 +77,7 @@ def _get_model(spec, device: str | None = None):
         from actlab.models import load_model
         return load_model(spec, device=device)
     model = spec() if callable(spec) and not isinstance(spec, torch.nn.Module) else spec
-    if device is not None and str(model.cfg.device) != str(device): model = model.to(device)
+    if device is not None and str(model.cfg.device) != str(device): model = model.to(device, print_details=False)
     return model
 
 def _run_shard(spec, device, fn, args, kwargs):

@@ -213,7 +213,7 @@ def train_builtin_model(cfg: BuiltinModelConfig = BuiltinModelConfig(),  # the r
     tokenizer = tokenizer if tokenizer is not None else build_word_tokenizer(cfg.task_config())
     corpus = corpus if corpus is not None else build_corpus(cfg, tokenizer)
     device = device or default_device()
-    model = HookedTransformer(cfg.hooked_config(len(tokenizer)), tokenizer=tokenizer).to(device)
+    model = HookedTransformer(cfg.hooked_config(len(tokenizer)), tokenizer=tokenizer).to(device, print_details=False)
     train_split, history = corpus['train'].with_format('torch'), []
     for phase, lr in enumerate(tqdm(cfg.lr_phases, desc='training built-in model (phases)', disable=not progress)):
         tc = HookedTransformerTrainConfig(num_epochs=cfg.epochs_per_phase, batch_size=cfg.batch_size, lr=lr, seed=cfg.seed * 1000 + phase,
@@ -287,7 +287,7 @@ def load_saved_model(folder: str | Path,  # a folder written by `save_model`
                              "restore it or retrain")
     model.load_state_dict(sd)
     model.actlab_identity = dict(name=str(meta['hooked_config'].get('model_name')), weights_hash=meta['weights_hash'], path=str(folder))
-    return model.to(device or default_device()).eval()
+    return model.to(device or default_device(), print_details=False).eval()  # TransformerLens prints the move otherwise
 
 # %% ../nbs/02_models.ipynb #3e384333
 def data_dir() -> Path:
@@ -365,7 +365,7 @@ def _load_local_hf(path: Path, device: str, fold_ln: bool = True, center_writing
     model = HookedTransformer(cfg, tokenizer=_tokenizer_from(Path(path)), move_to_device=False)
     model.load_and_process_state_dict(state_dict, fold_ln=fold_ln, center_writing_weights=center_writing_weights,
                                       center_unembed=center_unembed, fold_value_biases=True, refactor_factored_attn_matrices=False)
-    return model.to(device)
+    return model.to(device, print_details=False)
 
 def load_model(name: str = 'builtin',  # 'builtin', a folder (from `save_model`, or a Hugging Face checkpoint), or a TransformerLens model name such as 'gpt2'
                device: str | None = None,  # where to load it (None: `default_device()`)
