@@ -97,3 +97,29 @@ def test_answer_metrics_is_the_one_entry_point(study):
     ids = g.df.example_id.to_numpy()
     np.testing.assert_allclose(m['margin'], base.loc[ids, 'margin_corrupted'], atol=ATOL)
     assert (m['correct'] == base.loc[ids, 'correct_corrupted'].to_numpy()).all()
+
+
+@pytest.mark.parametrize('metric', ['margin', 'logit_diff'])
+def test_features_report_the_same_metric(study, metric):
+    "A feature intervention's unedited value is the baseline's metric of the corrupted run."
+    from actlab.features import ablate_feature, quick_sae
+    model, pairs, base = study
+    sae = quick_sae(model, pairs, 'blocks.1.hook_resid_pre', steps=10)
+    g = pairs.groups()[0]
+    out = ablate_feature(model, sae, g.tokens('corrupted'), g.answer_ids, g.distractor_ids, features=0, metric=metric)
+    np.testing.assert_allclose(out.value.to_numpy(), base.loc[g.df.example_id, f'{metric}_corrupted'], atol=ATOL)
+
+
+def test_dashboards_show_the_same_numbers(study):
+    "The dashboards' logit differences and their top prediction agree with the baseline's logit difference and correctness."
+    from actlab.dashboards import build_dashboard_data
+    from actlab.features import quick_sae
+    model, pairs, base = study
+    sae = quick_sae(model, pairs, 'blocks.1.hook_resid_pre', steps=10)
+    res = patch_pairs(model, pairs, PatchingConfig(sites=('resid_pre',)))
+    data = build_dashboard_data(model, sae, pairs, patching=res)
+    df = data.df.set_index('example_id').loc[base.index]
+    np.testing.assert_allclose(df.logit_diff_corrupted, base.logit_diff_corrupted, atol=ATOL)
+    top = {e: data.predictions[e]['corrupted'][0][0] for e in base.index}
+    answer = pairs.df.set_index('example_id').loc[base.index, 'answer_token']
+    assert all((top[e].strip() == answer[e].strip()) == base.correct_corrupted[e] for e in base.index)
