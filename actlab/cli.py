@@ -13,7 +13,8 @@ from .core import write_manifest
 __all__ = ['PRESETS_DIR', 'PHASES', 'field_docs', 'commented_yaml', 'CLIError', 'build_parser', 'main']
 
 # %% ../nbs/12_cli.ipynb #c0f1ed01
-def field_docs(cls) -> dict[str, str]:
+def field_docs(cls,  # a dataclass (e.g. `StudyConfig`)
+              ) -> dict[str, str]:
     "Each dataclass field's trailing `# comment` in the source of `cls` and its bases (the nearest class wins)."
     import inspect, re, dataclasses
     docs = {}
@@ -31,7 +32,8 @@ def _describe(f, value) -> str:
     extra = " ('' = the default described in the docs)" if value == '' else ' (null = decided at run time)' if value is None else ''
     return f'{t}{extra}'
 
-def commented_yaml(cfg) -> str:
+def commented_yaml(cfg,  # a config dataclass instance with `to_yaml` (e.g. a `StudyConfig`)
+                  ) -> str:
     "`cfg.to_yaml()` with one comment line above every field saying what it means (and what '' or null selects)."
     import dataclasses
     lines, out, stack = cfg.to_yaml().splitlines(), [], [(-1, cfg)]
@@ -112,7 +114,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _one_line(e: BaseException) -> str: return ' '.join(str(e).split('\n')).strip() or type(e).__name__
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None,  # the command-line arguments (default: `sys.argv[1:]`)
+        ) -> int:
     "Entry point of the `actlab` console script."
     args = build_parser().parse_args(argv)  # --help and usage errors before any heavy import
     from actlab.models import ModelLoadError

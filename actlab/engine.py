@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 import torch
 from torch import Tensor
+from jaxtyping import Float, Int
 from .core import Config, ConfigError, check
 from .extract import ExtractConfig, extract as _extract
 from .store import ActivationStore, combine
@@ -60,7 +61,8 @@ def ray_module():
     return ray
 
 @contextlib.contextmanager
-def ray_session(engine: EngineConfig):
+def ray_session(engine: EngineConfig,  # the engine settings (`address`, ...) to connect with
+               ):
     "A connected Ray: the one already running in this process, else `ray.init` at `engine.address` (shut down on exit)."
     ray = ray_module()
     if ray.is_initialized():
@@ -85,7 +87,7 @@ def _run_shard(spec, device, fn, args, kwargs):
     torch.set_num_threads(max(1, int(os.environ.get('OMP_NUM_THREADS', '1') or 1)))
     return fn(_get_model(spec, device), *args, **kwargs)
 
-def map_shards(engine: EngineConfig,
+def map_shards(engine: EngineConfig,  # how to run the shards: engine='local' in this process, 'ray' as Ray tasks
                model,  # the model in this process: runs the shards of engine='local'
                fn: Callable,  # fn(model, *args, **kwargs) -> result of one shard (picklable)
                shards: Sequence[tuple[tuple, dict]],  # (args, kwargs) per shard
@@ -106,7 +108,9 @@ def map_shards(engine: EngineConfig,
                                "finished shards are kept: run again to resume") from e
 
 # %% ../nbs/06b_engine.ipynb #e0000012
-def split_rows(n: int, num_shards: int) -> list[np.ndarray]:
+def split_rows(n: int,  # number of rows
+               num_shards: int,  # number of parts
+              ) -> list[np.ndarray]:
     "Row indices `0..n-1` in `num_shards` contiguous, near-equal, non-empty parts."
     check(n >= 1, "nothing to split: no rows")
     return [p for p in np.array_split(np.arange(n), min(num_shards, n)) if len(p)]
@@ -117,12 +121,16 @@ def _patch_shard(model, fn, clean, corrupted, answer_ids, distractor_ids, **kw):
 
 def patch(fn: Callable,  # actlab.patching.per_example_patch or actlab.attribution.attribution_patch
           model,  # a HookedTransformer (this process's copy)
-          clean_tokens: Tensor, corrupted_tokens: Tensor, answer_ids: Tensor | None = None, distractor_ids: Tensor | None = None,
-          engine: EngineConfig = EngineConfig(),
+          clean_tokens: Int[Tensor, "N pos"],  # the clean prompts' token ids
+          corrupted_tokens: Int[Tensor, "N pos"],  # the corrupted prompts' token ids, same shape
+          answer_ids: Int[Tensor, " N"] | None = None,  # the answer token per prompt (passed to `fn`)
+          distractor_ids: Int[Tensor, " N"] | None = None,  # the distractor token per prompt (passed to `fn`)
+          engine: EngineConfig = EngineConfig(),  # how many shards and where they run
           example_ids: Sequence | None = None,  # one distinct id per row; the shards' rows are put back in this order
           spec=None,  # what a Ray task loads (see `map_shards`); None: `model`
-          device: str | None = None,
-          **kwargs) -> Tensor:  # passed to `fn` (site, memory_mb, metric, ...)
+          device: str | None = None,  # the device a Ray task puts the model on (None: as loaded)
+          **kwargs,  # passed to `fn` (site, memory_mb, metric, ...)
+         ) -> Float[Tensor, "N ..."]:
     "`fn(model, clean, corrupted, answer_ids, distractor_ids, **kwargs)` with its examples split into `engine.num_shards` shards."
     N = len(corrupted_tokens)
     ids = np.arange(N) if example_ids is None else np.asarray(example_ids)
@@ -154,10 +162,11 @@ def _sweep_shard(model, clean, corrupted, answer_ids, distractor_ids, cfg):
 
 def patch_pairs(model,  # a HookedTransformer (this process's copy: classifies, and runs engine='local')
                 pairs,  # an actlab.tasks.PairSet
-                cfg: PatchingConfig = PatchingConfig(),
-                engine: EngineConfig = EngineConfig(),
+                cfg: PatchingConfig = PatchingConfig(),  # what to patch (sites, metric, memory budget, ...)
+                engine: EngineConfig = EngineConfig(),  # how many shards and where they run
                 spec=None,  # what a Ray task loads (see `map_shards`); None: `model`
-                device: str | None = None) -> PatchingResult:
+                device: str | None = None,  # the device a Ray task puts the model on (None: as loaded)
+               ) -> PatchingResult:
     "`actlab.patching.patch_pairs`, each equal-length group's rows split into shards that `engine` runs."
     from actlab.patching import patch_pairs as _local
     if engine.trivial: return _local(model, pairs, cfg)
@@ -186,7 +195,8 @@ def patch_pairs(model,  # a HookedTransformer (this process's copy: classifies, 
     return result
 
 # %% ../nbs/06b_engine.ipynb #e0000023
-def parts_folder(path: str | Path) -> Path:
+def parts_folder(path: str | Path,  # the combined store folder
+                ) -> Path:
     "Where the worker stores of a sharded extraction into `path` live (next to it; removed once combined)."
     path = Path(path)
     return path.parent / f'.{path.name}.parts'
@@ -201,15 +211,16 @@ def _extract_shard(model, pairs, folder, cfg, labels, model_name, study_config):
 def extract(model,  # a HookedTransformer (this process's copy: runs engine='local')
             pairs,  # the prompt pairs
             path: str | Path,  # the combined store folder
-            cfg: ExtractConfig,
-            engine: EngineConfig = EngineConfig(),
-            labels: pd.DataFrame | None = None,
-            model_name: str | None = None,
-            study_config: Config | dict | None = None,
-            overwrite: bool = False,
+            cfg: ExtractConfig,  # what to extract
+            engine: EngineConfig = EngineConfig(),  # how many workers and where they run
+            labels: pd.DataFrame | None = None,  # per-example labels keyed by example_id (see `actlab.extract.extract`)
+            model_name: str | None = None,  # recorded in the manifest (default model.cfg.model_name)
+            study_config: Config | dict | None = None,  # the whole study config, recorded in the manifest
+            overwrite: bool = False,  # replace a store made with another config instead of refusing
             spec=None,  # what a Ray task loads (see `map_shards`); None: `model`
-            device: str | None = None,
-            keep_parts: bool = False) -> ActivationStore:  # keep the worker stores after combining
+            device: str | None = None,  # the device a Ray task puts the model on (None: as loaded)
+            keep_parts: bool = False,  # keep the worker stores after combining
+           ) -> ActivationStore:
     "`actlab.extract.extract` as `engine.num_shards` workers (Ray tasks with engine='ray'), combined into one store at `path`."
     if engine.trivial: return _extract(model, pairs, path, cfg, labels=labels, model_name=model_name, study_config=study_config, overwrite=overwrite)
     path, n = Path(path), engine.num_shards
@@ -225,7 +236,8 @@ def extract(model,  # a HookedTransformer (this process's copy: runs engine='loc
     return store
 
 # %% ../nbs/06b_engine.ipynb #e0000102
-def study_spec(cfg) -> dict:
+def study_spec(cfg,  # an `actlab.study.StudyConfig`
+              ) -> dict:
     "The `spec`/`device` arguments for a study config `cfg` (an `actlab.study.StudyConfig`): by model name with `engine.model_from='name'`."
     if cfg.engine.model_from == 'name': return dict(spec=cfg.model.name, device=cfg.model.device)
     return {}

@@ -58,7 +58,9 @@ class Site:
         if m: return int(m[1])
         return -1 if self.hook in ('hook_embed', 'hook_pos_embed', 'hook_tokens') else None
 
-def check_sites(model, sites: Sequence[str | Site]) -> list[Site]:
+def check_sites(model,  # a HookedTransformer whose hook names the sites must be
+                sites: Sequence[str | Site],  # `'hook_name'` / `'hook_name:head'` strings or `Site`s
+               ) -> list[Site]:
     "Parse and validate `sites` against `model`'s hook names; unknown names fail with close matches."
     names = list(model.hook_dict)
     out = []
@@ -78,12 +80,13 @@ def check_sites(model, sites: Sequence[str | Site]) -> list[Site]:
     return out
 
 # %% ../nbs/06_extract.ipynb #eb05fb9f
-def recipe_sites(model,
+def recipe_sites(model,  # a HookedTransformer (the sites are validated against its hooks)
                  late_resid_pre: int = 1,  # resid_pre of the last n layers
                  resid_mid_layers: Sequence[int] = (),  # resid_mid at these layers
                  attn_out_layers: Sequence[int] = (),  # attn_out of these blocks
                  heads: Sequence[tuple[int, int]] = (),  # (layer, head) pairs for per-head outputs
-                 head_hook: str = 'hook_z') -> list[str]:  # 'hook_z' ([d_head]) or 'hook_result' ([d_model])
+                 head_hook: str = 'hook_z',  # 'hook_z' ([d_head]) or 'hook_result' ([d_model])
+                ) -> list[str]:
     "Site strings for the seed's recipes (validated against `model`)."
     L = model.cfg.n_layers
     check(0 <= late_resid_pre <= L, f"late_resid_pre must be in 0..{L}")
@@ -103,7 +106,8 @@ def _full_name(hook: str, layer) -> str:
     from transformer_lens.utils import get_act_name
     return get_act_name(hook, int(layer))
 
-def rescue_table(result: pd.DataFrame | dict) -> pd.DataFrame:
+def rescue_table(result: pd.DataFrame | dict,  # a phase-B result: a DataFrame, or a dict hook -> rescue array `[layer, ...]`
+                ) -> pd.DataFrame:
     "A phase-B result as a DataFrame with columns `site, hook, layer, head, pos, rescue` (mean over examples)."
     if isinstance(result, dict):
         rows = [dict(hook=h, layer=l, pos=p, rescue=float(v)) for h, a in result.items()
@@ -129,7 +133,8 @@ def top_sites(result: pd.DataFrame | dict,  # phase-B result (see above)
               k: int = 4,  # how many sites
               hook_types: Sequence[str] | None = None,  # keep only hooks ending in these, e.g. ['resid_mid', 'attn_out']
               agg: str = 'max',  # a site's score over positions: 'max' or 'mean'
-              return_scores: bool = False):
+              return_scores: bool = False,  # return a DataFrame of sites and scores instead of the site strings
+             ):
     "The `k` sites with the highest mean rescue, best first (site strings; with `return_scores`, a DataFrame)."
     check(agg in ('max', 'mean'), f"agg must be 'max' or 'mean', got {agg!r}")
     t = rescue_table(result)
@@ -177,7 +182,10 @@ class ExtractConfig(Config):
         return {k: v for k, v in self.to_dict().items() if k not in ('batch_size', 'progress', 'shard_index', 'num_shards')}
 
 # %% ../nbs/06_extract.ipynb #4959060c
-def worker_rows(df: pd.DataFrame, shard_index: int = 0, num_shards: int = 1) -> pd.DataFrame:
+def worker_rows(df: pd.DataFrame,  # the pair set's DataFrame (with `seq_len` and `example_id` columns)
+                shard_index: int = 0,  # this worker's index, 0..num_shards-1
+                num_shards: int = 1,  # how many workers split the rows
+               ) -> pd.DataFrame:
     "The rows of `df` that worker `shard_index` of `num_shards` extracts, in extraction order."
     order = df.sort_values(['seq_len', 'example_id'], kind='stable')
     return order.iloc[shard_index::num_shards]
@@ -218,7 +226,8 @@ def _attn_result(model, on: bool):
         if on and not old: model.set_use_attn_result(False)
 
 # %% ../nbs/06_extract.ipynb #31275952
-def pairs_digest(df: pd.DataFrame) -> str:
+def pairs_digest(df: pd.DataFrame,  # the pair set's DataFrame
+                ) -> str:
     "A hash of the pair set's identity columns."
     cols = [c for c in ('example_id', 'prompt_clean', 'prompt_corrupted', 'answer_id', 'distractor_id') if c in df]
     return hashlib.sha256(pd.util.hash_pandas_object(df[cols], index=False).values.tobytes()).hexdigest()[:16]
@@ -228,13 +237,16 @@ _NOT_ARCH = {'device', 'n_devices', 'seed', 'init_weights', 'init_mode', 'initia
              'use_hook_mlp_in', 'use_attn_in', 'use_hook_tokens', 'checkpoint_index', 'checkpoint_label_type', 'checkpoint_value',
              'model_name', 'tokenizer_name', 'from_checkpoint', 'n_params'}
 
-def model_arch(model) -> dict:
+def model_arch(model,  # a HookedTransformer
+              ) -> dict:
     "The model's architecture: its `HookedTransformerConfig` as plain JSON values, without device, init and hook switches."
     c = model.cfg
     d = c.to_dict() if hasattr(c, 'to_dict') else dict(vars(c))
     return json.loads(json.dumps({k: v for k, v in sorted(d.items()) if k not in _NOT_ARCH}, default=str))
 
-def model_identity(model, name: str | None = None) -> dict:
+def model_identity(model,  # a HookedTransformer
+                   name: str | None = None,  # the recorded name (default `model.cfg.model_name`)
+                  ) -> dict:
     "Name, weights hash, shape and full architecture config of a HookedTransformer (an edited `act_fn` is another model)."
     c, h = model.cfg, state_dict_hash(model.state_dict())
     known = getattr(model, 'actlab_identity', None) or {}  # set by actlab.models loaders
@@ -288,7 +300,8 @@ def extract(model,  # a HookedTransformer
             labels: pd.DataFrame | None = None,  # per-example labels keyed by example_id (rescue_score, best_patch_site, ...)
             model_name: str | None = None,  # recorded in the manifest (default model.cfg.model_name)
             study_config: Config | dict | None = None,  # the whole study config, recorded in the manifest
-            overwrite: bool = False) -> ActivationStore:  # replace a store made with another config instead of refusing
+            overwrite: bool = False,  # replace a store made with another config instead of refusing
+           ) -> ActivationStore:
     "Stream activations at `cfg.hooks` (with labels) for this worker's share of `pairs` into the store at `path`."
     check(len(pairs) > 0, "extract: the pair set is empty (no prompt pairs); check the task config's families, suffix_lengths and n_per_cell, "
                           "or the filter that made it")
@@ -446,7 +459,8 @@ def extract(model,  # a HookedTransformer
     finally: writer.release()
     return ActivationStore(path)
 
-def pairs_digest_labels(labels: pd.DataFrame) -> str:
+def pairs_digest_labels(labels: pd.DataFrame,  # per-example labels with an `example_id` column
+                       ) -> str:
     "A hash of a labels DataFrame (sorted by example_id)."
     l = labels.sort_values('example_id').reset_index(drop=True)
     return hashlib.sha256(pd.util.hash_pandas_object(l.astype(str), index=False).values.tobytes()).hexdigest()[:16]

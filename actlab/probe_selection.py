@@ -20,13 +20,20 @@ __all__ = ['clean_prompt_groups', 'cv_splits', 'alpha_max', 'PathResult', 'regul
            'probe_vs_majority_claim']
 
 # %% ../nbs/07b_probe_selection.ipynb #04761c71
-def clean_prompt_groups(df: pd.DataFrame, cols: Sequence[str] = ('op', 'a', 'b', 'template')) -> np.ndarray:
+def clean_prompt_groups(df: pd.DataFrame,  # the pair set's DataFrame
+                        cols: Sequence[str] = ('op', 'a', 'b', 'template'),  # the columns that identify a clean prompt
+                       ) -> np.ndarray:
     "One integer group id per row; rows with the same clean prompt (same `cols`) share it."
     missing = [c for c in cols if c not in df.columns]
     if missing: raise KeyError(f"clean_prompt_groups needs columns {list(cols)}; missing {missing}. Pass cols= to name others")
     return pd.MultiIndex.from_frame(df[list(cols)]).factorize()[0].astype(np.int64)
 
-def cv_splits(y: np.ndarray, groups: np.ndarray | None, n_splits: int = 5, classifier: bool = True, seed: int = 0):
+def cv_splits(y: np.ndarray,  # the target `[n]`
+              groups: np.ndarray | None,  # clean-prompt group id per row; None: split by row (with a warning)
+              n_splits: int = 5,  # number of folds
+              classifier: bool = True,  # stratify the folds by class
+              seed: int = 0,  # random seed of the fold assignment
+             ):
     "Train/test index pairs: grouped (by clean prompt) when `groups` is given, stratified for classifiers."
     from sklearn.model_selection import StratifiedGroupKFold
     n = len(y)
@@ -48,7 +55,10 @@ def _standardized(est, X):
     sd = X.std(0) if est.standardize else np.ones(X.shape[1])
     return (X - mean) / np.where(sd > 1e-12, sd, 1.0)
 
-def alpha_max(estimator, X, y) -> float:
+def alpha_max(estimator,  # a probe (unfitted is fine)
+              X,  # activations [n, d]
+              y,  # target [n]
+             ) -> float:
     "The smallest `alpha` at which `estimator` (unfitted is fine) has all-zero weights on `(X, y)`."
     Xs = _standardized(estimator, X); n, d = Xs.shape
     y = np.asarray(y)
@@ -129,10 +139,11 @@ def _choose(mean, sem, rule):
     return int(ok.min())  # alphas descend: the smallest index is the sparsest
 
 def regularization_path(estimator: BaseEstimator,  # an (unfitted) probe; its alpha is varied
-                        X, y,                         # activations [n, d], target [n]
+                        X,                            # activations [n, d]
+                        y,                            # target [n]
                         groups: np.ndarray | None = None,  # clean-prompt group id per row (see clean_prompt_groups)
                         alphas: Sequence[float] | None = None,  # default: n_alphas log-spaced from alpha_max
-                        cfg: ProbeConfig = ProbeConfig(),
+                        cfg: ProbeConfig = ProbeConfig(),  # path length, CV folds and the alpha-picking rule
                        ) -> PathResult:
     "Fit `estimator` along an alpha path; grouped-CV score, sparsity, and the alpha picked by `cfg.rule`."
     X = np.asarray(X, np.float64); y = np.asarray(y)
@@ -165,7 +176,9 @@ def regularization_path(estimator: BaseEstimator,  # an (unfitted) probe; its al
     return res
 
 # %% ../nbs/07b_probe_selection.ipynb #a6024d24
-def plot_path(path: PathResult, title: str | None = None):
+def plot_path(path: PathResult,  # a `regularization_path` result
+              title: str | None = None,  # figure title
+             ):
     "Plotly figure: CV score and sparsity along the regularization path."
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
@@ -183,9 +196,10 @@ def plot_path(path: PathResult, title: str | None = None):
     return fig
 
 def plot_head_heatmap(norms,                  # per-head weight norms [n_layers * n_heads] (or [n_layers, n_heads])
-                      n_layers: int = 1,
+                      n_layers: int = 1,  # number of layers the norms cover
                       layers: Sequence[int] | None = None,  # layer labels (default 0..n_layers-1)
-                      title: str = 'group-lasso weight norm per head'):
+                      title: str = 'group-lasso weight norm per head',  # figure title
+                     ):
     "Plotly heatmap of a group probe's head norms (layer x head); selected heads are the nonzero cells."
     import plotly.graph_objects as go
     norms = np.asarray(norms, float)
@@ -202,12 +216,16 @@ def plot_head_heatmap(norms,                  # per-head weight norms [n_layers 
 
 # %% ../nbs/07b_probe_selection.ipynb #c81f8f7f
 def probe_vs_majority_claim(estimator: BaseEstimator,  # an unfitted classifier probe, e.g. `L1LogisticProbe()`
-                            X, y,  # activations [n, d], class labels [n] (e.g. `survives`)
+                            X,  # activations [n, d]
+                            y,  # class labels [n] (e.g. `survives`)
                             groups,  # the clean prompt of each row (rows of one prompt stay on one side)
-                            cfg: ProbeConfig = ProbeConfig(),
+                            cfg: ProbeConfig = ProbeConfig(),  # how the probe's alpha is chosen on the selection half
                             what: str = 'the label',  # what `y` is, for the statement
-                            seed: int = 0, n_boot: int = 1000, alpha: float = 0.05,
-                            min_n: int = 20):  # fewer scored rows than this: the claim does not hold (too little to say)
+                            seed: int = 0,  # random seed (halves and bootstrap)
+                            n_boot: int = 1000,  # bootstrap resamples (by clean prompt)
+                            alpha: float = 0.05,  # the interval is (1 - alpha)
+                            min_n: int = 20,  # fewer scored rows than this: the claim does not hold (too little to say)
+                           ):
     "Claim: a probe fit on one half of the clean prompts predicts `y` on the other half better than that half's majority class."
     from actlab.metrics import Claim, bootstrap_ci, split_halves
     X, y, groups = np.asarray(X, np.float64), np.asarray(y), np.asarray(groups)

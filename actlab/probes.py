@@ -10,6 +10,8 @@ from typing import Sequence
 
 import numpy as np
 import torch
+from jaxtyping import Float, Int
+from torch import Tensor
 from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import Lasso, LogisticRegression
@@ -23,7 +25,9 @@ __all__ = ['PROBE_EXPECTED_FAILED_CHECKS', 'group_index', 'head_groups', 'prox_p
            'all_probes', 'ProbeConfig', 'PlantedData', 'planted_activations', 'support_f1']
 
 # %% ../nbs/07_probes.ipynb #65283b84
-def group_index(groups: Sequence[Sequence[int]] | None, n_features: int) -> np.ndarray | None:
+def group_index(groups: Sequence[Sequence[int]] | None,  # index arrays that partition `range(n_features)`; None: no groups
+                n_features: int,  # number of feature columns `d`
+               ) -> np.ndarray | None:
     "Feature -> group id `[d]` from a list of index arrays that partition `range(n_features)` (None: no groups)."
     if groups is None: return None
     gid = np.full(n_features, -1, dtype=np.int64)
@@ -54,11 +58,11 @@ def head_groups(n_heads: int, # number of heads (across all layers, if several l
     check(n_heads >= 1 and d_head >= 1, f"n_heads and d_head must be >= 1, got {n_heads}, {d_head}")
     return [np.arange(h * d_head, (h + 1) * d_head) for h in range(n_heads)]
 
-def prox_penalty(W: torch.Tensor,  # weights [d, K]
+def prox_penalty(W: Float[Tensor, "d K"],  # weights
                  tau: float,       # step * alpha
-                 gid: torch.Tensor | None = None,  # feature -> group id [d], or None for elementwise L1
-                 gw: torch.Tensor | None = None,   # group weights [n_groups]
-                ) -> torch.Tensor:
+                 gid: Int[Tensor, " d"] | None = None,  # feature -> group id, or None for elementwise L1
+                 gw: Float[Tensor, " n_groups"] | None = None,   # group weights
+                ) -> Float[Tensor, "d K"]:
     "Proximal operator of `tau * penalty`: elementwise soft-threshold, or group soft-threshold of the rows of each group."
     if gid is None: return torch.sign(W) * torch.clamp(W.abs() - tau, min=0)
     sq = torch.zeros(len(gw), dtype=W.dtype, device=W.device).index_add_(0, gid, (W * W).sum(1))
@@ -101,13 +105,13 @@ def fit_prox(batches,                 # re-iterable of (X [b, d], y [b]) or a fu
              loss: str = 'squared',   # 'squared' | 'logistic' (binary or multinomial, from the number of classes)
              alpha: float = 0.01,     # penalty strength (mean-loss scaling)
              groups: Sequence[Sequence[int]] | None = None,  # None: elementwise L1; else a partition of the columns
-             fit_intercept: bool = True,
+             fit_intercept: bool = True,  # fit an unpenalized intercept
              standardize: bool = True,  # scale features to unit variance before penalizing
-             max_iter: int = 5000,
+             max_iter: int = 5000,    # most FISTA iterations (one pass over `batches` each)
              tol: float = 1e-5,       # stop when the gradient mapping's max abs < tol
              classes: np.ndarray | None = None,  # class labels (default: the sorted distinct y values seen)
-             device: str = 'cpu',
-             dtype: str | torch.dtype = 'float64',
+             device: str = 'cpu',     # torch device the weights and batches live on
+             dtype: str | torch.dtype = 'float64',  # torch dtype of the computation
              init: tuple[np.ndarray, np.ndarray] | None = None,  # warm start (coef [d, K], intercept [K]) in raw space
             ) -> ProxResult:
     "Minimize mean loss + alpha * (group) L1 penalty by FISTA, streaming `batches` once per iteration."
@@ -520,12 +524,16 @@ class PlantedData:
     heads: np.ndarray | None  # planted heads (when n_heads is given)
     groups: np.ndarray    # [n] clean-prompt id per row
 
-def planted_activations(n_prompts: int = 400, rows_per_prompt: int = 4, d: int = 64, k: int = 4,
+def planted_activations(n_prompts: int = 400,  # number of clean prompts (the CV groups)
+                        rows_per_prompt: int = 4,  # rows (pairs) per clean prompt
+                        d: int = 64,       # activation width
+                        k: int = 4,        # number of dimensions (or heads) the target depends on
                         task: str = 'binary',      # 'binary', 'regression' or 'multiclass' (3 classes)
                         n_heads: int | None = None,  # plant whole heads: d = n_heads * d_head
                         noise: float = 0.3,        # label noise (std of the latent's noise, relative to signal std 1)
                         corr: float = 0.3,         # shared low-rank component across dimensions
-                        seed: int = 0) -> PlantedData:
+                        seed: int = 0,     # random seed
+                       ) -> PlantedData:
     "Activations `[n_prompts * rows_per_prompt, d]` whose target depends only on `k` dimensions (or `k` heads)."
     check(task in ('binary', 'regression', 'multiclass'), f"task must be 'binary', 'regression' or 'multiclass', got {task!r}")
     r = np.random.default_rng(seed)
@@ -551,7 +559,9 @@ def planted_activations(n_prompts: int = 400, rows_per_prompt: int = 4, d: int =
     else: y = Z.argmax(1)
     return PlantedData(X, y, support, heads, groups)
 
-def support_f1(selected, truth) -> float:
+def support_f1(selected,  # the selected indices (any array-like)
+               truth,  # the true indices
+              ) -> float:
     "F1 of a selected index set against the true one."
     s, t = set(np.asarray(selected).tolist()), set(np.asarray(truth).tolist())
     if not s and not t: return 1.0

@@ -10,6 +10,8 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 import torch
+from jaxtyping import Int
+from torch import Tensor
 from sklearn.base import clone
 from sklearn.exceptions import ConvergenceWarning
 from .baseline import logit_diff
@@ -30,9 +32,10 @@ def ternary_labels(clean_acts,            # [n, d] late-site activations, clean 
                    corrupted_acts,        # [n, d] the same site, corrupted runs
                    corrupted_correct,     # [n] bool: the corrupted run's output is right (e.g. `survives`)
                    groups=None,           # [n] clean-prompt id per pair (clean_prompt_groups); None: split by row
-                   cfg: ProbeConfig = ProbeConfig(),
+                   cfg: ProbeConfig = ProbeConfig(),  # how the deciding probe's alpha is chosen
                    site: str | None = None,   # the hook name, for the record
-                   solver: str = 'torch', device: str = 'cpu',
+                   solver: str = 'torch',  # the probe's solver ('torch' or 'sklearn')
+                   device: str = 'cpu',  # torch device of the 'torch' solver
                   ) -> tuple[np.ndarray, dict]:
     "Label each pair `preserved` / `readable_unused` / `erased`; return the labels `[n]` and a record of the deciding probe."
     clean, corr = np.asarray(clean_acts, np.float64), np.asarray(corrupted_acts, np.float64)
@@ -95,7 +98,8 @@ def store_ternary_labels(store,  # an `actlab.store.ActivationStore`
 
 # %% ../nbs/07c_ternary.ipynb #7e77a002
 def answer_subspace(decoder,  # a fitted multiclass linear probe (e.g. `MultinomialL1Probe`) with `coef_` [classes, d]
-                    k: int = 8) -> np.ndarray:
+                    k: int = 8,  # dimension of the subspace (fewer when the centred weights have lower rank)
+                   ) -> np.ndarray:
     "An orthonormal basis `[k, d]` of the directions the decoder reads: the top-`k` right singular vectors of its centred weights."
     W = np.atleast_2d(np.asarray(decoder.coef_, np.float64))
     if W.shape[0] > 1: W = W - W.mean(0)
@@ -104,17 +108,23 @@ def answer_subspace(decoder,  # a fitted multiclass linear probe (e.g. `Multinom
     if k == 0: raise ValueError("the decoder has all-zero weights (alpha too large?); there is no answer subspace")
     return Vt[:k]
 
-def random_subspace(d: int, k: int, rng: np.random.Generator) -> np.ndarray:
+def random_subspace(d: int,  # ambient dimension
+                    k: int,  # subspace dimension
+                    rng: np.random.Generator,  # the random generator to draw from
+                   ) -> np.ndarray:
     "A uniformly random orthonormal basis `[k, d]`."
     q, _ = np.linalg.qr(rng.normal(size=(d, k)))
     return q.T
 
 @torch.no_grad()
-def subspace_patched_margin(model, clean_tokens, corrupted_tokens,  # [n, seq] each, equal lengths
-                            answer_ids,  # [n]
+def subspace_patched_margin(model,  # a HookedTransformer
+                            clean_tokens: Int[Tensor, "n seq"],  # clean prompts (anything `torch.as_tensor` takes)
+                            corrupted_tokens: Int[Tensor, "n seq"],  # corrupted prompts, the same lengths
+                            answer_ids: Int[Tensor, " n"],  # the right answer's token per pair
                             hook_name: str,  # a residual-stream hook, e.g. 'blocks.2.hook_resid_pre'
                             basis: np.ndarray,  # [k, d] orthonormal rows
-                            pos: int = -1) -> np.ndarray:
+                            pos: int = -1,  # the patched position (only -1, the answer position, is supported)
+                           ) -> np.ndarray:
     "Margin `[n]` of the corrupted run with the clean run's component inside `span(basis)` patched in at `hook_name`, `pos`."
     from actlab.capture import capture
     from actlab.metrics import margin
@@ -129,8 +139,14 @@ def subspace_patched_margin(model, clean_tokens, corrupted_tokens,  # [n, seq] e
     logits = model.run_with_hooks(torch.as_tensor(corrupted_tokens).to(dev), fwd_hooks=[(hook_name, hook)])[:, -1]
     return _np(margin(logits.float(), torch.as_tensor(answer_ids).to(dev)))
 
-def subspace_rescue(model, pairs,  # a `PairSet` (the rows to score)
-                    hook_name: str, decoder, k: int = 8, n_random: int = 8, seed: int = 0) -> pd.DataFrame:
+def subspace_rescue(model,  # a HookedTransformer
+                    pairs,  # a `PairSet` (the rows to score)
+                    hook_name: str,  # the residual-stream hook the decoder reads
+                    decoder,  # a fitted multiclass answer decoder (see `answer_subspace`)
+                    k: int = 8,  # dimension of the answer subspace
+                    n_random: int = 8,  # number of random subspaces (the control)
+                    seed: int = 0,  # random seed of the controls
+                   ) -> pd.DataFrame:
     "Per pair: rescue of the margin by the decoder's answer subspace and by random subspaces of the same dimension."
     from actlab.metrics import margin
     from actlab.baseline import last_logits
@@ -156,7 +172,8 @@ def subspace_rescue(model, pairs,  # a `PairSet` (the rows to score)
     return out
 
 def subspace_rescue_claim(res: pd.DataFrame,  # `subspace_rescue` output (the rows to judge, e.g. one class's failures)
-                          what: str = 'failed runs') -> 'Claim':
+                          what: str = 'failed runs',  # what the rows are, for the statement
+                         ) -> 'Claim':
     "Claim: patching the decoder's answer subspace rescues more than random subspaces of equal dimension (median paired difference > 0)."
     from actlab.metrics import Claim, bootstrap_ci
     r = res[~res.degenerate]
@@ -168,7 +185,8 @@ def subspace_rescue_claim(res: pd.DataFrame,  # `subspace_rescue` output (the ro
                  median_rescue_random=float(np.median(r.rescue_random)) if len(r) else None, median_difference=est, ci=[lo, hi], ci_low=lo, ci_high=hi))
 
 # %% ../nbs/07c_ternary.ipynb #155e5f01
-def probe_direction(probe) -> np.ndarray:
+def probe_direction(probe,  # a fitted linear probe with `coef_`
+                   ) -> np.ndarray:
     "The unit direction `[d]` in activation space a fitted linear probe reads (top singular vector for multiclass)."
     W = np.atleast_2d(probe.coef_)
     if W.shape[0] > 1: W = np.linalg.svd(W - W.mean(0), full_matrices=False)[2][:1]
@@ -193,13 +211,15 @@ def _site_mean(model, tokens, hook_name, pos, batch_size) -> torch.Tensor:
 
 @torch.no_grad()
 def mean_ablate_direction(model,            # a HookedTransformer
-                          tokens,           # [n, seq] prompts (answer read at the last position)
-                          answer_ids, distractor_ids,  # [n]
+                          tokens: Int[Tensor, "n seq"],  # prompts (answer read at the last position)
+                          answer_ids: Int[Tensor, " n"],  # the right answer's token per prompt
+                          distractor_ids: Int[Tensor, " n"],  # the distractor token per prompt
                           hook_name: str,   # where the probe reads, e.g. 'blocks.1.hook_resid_post' or 'blocks.1.attn.hook_z'
                           direction,        # [d] the probe's direction (flattened over the activation's trailing dims)
-                          reference_tokens=None,  # runs that define the mean (default: `tokens`)
+                          reference_tokens: Int[Tensor, "m seq"] | None = None,  # runs that define the mean (default: `tokens`)
                           pos: int = -1,    # the position the probe reads
-                          batch_size: int = 256) -> dict:
+                          batch_size: int = 256,  # prompts per forward pass
+                         ) -> dict:
     "Logit differences `[n]` before and after mean-ablating `direction` at `hook_name`, position `pos`."
     if hook_name not in model.hook_dict:
         import difflib
@@ -227,10 +247,15 @@ def mean_ablate_direction(model,            # a HookedTransformer
     return dict(before=_np(before.double()), after=_np(after.double()))
 
 @torch.no_grad()
-def mean_ablate_heads(model, tokens, answer_ids, distractor_ids,
+def mean_ablate_heads(model,  # a HookedTransformer
+                      tokens: Int[Tensor, "n seq"],  # prompts (answer read at the last position)
+                      answer_ids: Int[Tensor, " n"],  # the right answer's token per prompt
+                      distractor_ids: Int[Tensor, " n"],  # the distractor token per prompt
                       heads: Sequence[tuple[int, int]],  # (layer, head) pairs
-                      reference_tokens=None, pos: int | None = -1,  # None: every position
-                      batch_size: int = 256) -> dict:
+                      reference_tokens: Int[Tensor, "m seq"] | None = None,  # runs that define the mean (default: `tokens`)
+                      pos: int | None = -1,  # the ablated position; None: every position
+                      batch_size: int = 256,  # prompts per forward pass
+                     ) -> dict:
     "Logit differences `[n]` before and after replacing the heads' `hook_z` by its mean over reference runs."
     dev = next(model.parameters()).device
     tokens = torch.as_tensor(tokens).to(dev); answer_ids, distractor_ids = torch.as_tensor(answer_ids), torch.as_tensor(distractor_ids)
@@ -269,12 +294,19 @@ def _mean_row(what, rows):
     out = {k: float(np.mean([r[k] for r in rows])) for k in rows[0] if k != 'ablated'}
     return dict(ablated=what, **out)
 
-def predictive_vs_causal(model, tokens, answer_ids, distractor_ids,
+def predictive_vs_causal(model,  # a HookedTransformer
+                         tokens: Int[Tensor, "n seq"],  # prompts (answer read at the last position)
+                         answer_ids: Int[Tensor, " n"],  # the right answer's token per prompt
+                         distractor_ids: Int[Tensor, " n"],  # the distractor token per prompt
                          probe,                   # a fitted probe on (flattened) activations at the last position
                          probe_accuracy: float,   # its held-out score (e.g. PathResult.mean[best_index])
                          hook_name: str | None = None,  # the probe's site: mean-ablate its direction there
                          heads: Sequence[tuple[int, int]] | None = None,  # group probe: (layer, head) of each group
-                         n_random: int = 5, seed: int = 0, reference_tokens=None, pos: int = -1) -> pd.DataFrame:
+                         n_random: int = 5,  # random directions (or head sets of the same size) as the control
+                         seed: int = 0,  # random seed of the controls
+                         reference_tokens: Int[Tensor, "m seq"] | None = None,  # runs that define the mean (default: `tokens`)
+                         pos: int = -1,  # the position the probe reads
+                        ) -> pd.DataFrame:
     "Probe accuracy next to the answer's change when its direction (or its heads) is mean-ablated, with random controls."
     rows, rng_ = [], np.random.default_rng(seed)
     if hook_name is not None:
