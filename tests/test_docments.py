@@ -8,7 +8,7 @@ import pytest
 from fastcore.docments import docments
 
 MODULES = ['core', 'metrics', 'capture', 'tasks', 'models', 'baseline', 'patching', 'path_patching', 'attribution', 'rescue',
-           'store', 'features', 'circuits']
+           'store', 'features', 'circuits', 'saes', 'sae_eval']
 
 
 def public_functions(mod):
