@@ -8,7 +8,8 @@ import pytest
 from fastcore.docments import docments
 
 MODULES = ['core', 'metrics', 'capture', 'tasks', 'models', 'baseline', 'patching', 'path_patching', 'attribution', 'rescue',
-           'store', 'features', 'circuits', 'saes', 'sae_eval']
+           'store', 'features', 'circuits', 'saes', 'sae_eval',
+           'dashboards', 'study']
 
 
 def public_functions(mod):
