@@ -12,6 +12,8 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 import torch
+from jaxtyping import Int
+from torch import Tensor
 import ipywidgets as widgets
 import plotly.express as px
 import plotly.graph_objects as go
@@ -90,10 +92,15 @@ def _predictions(model, toks: torch.Tensor, k: int) -> list:
     return [[(model.to_string(int(t)), float(q)) for t, q in zip(ii, vv)] for ii, vv in zip(i, v)]
 
 @torch.no_grad()
-def build_dashboard_data(model, sae, pairs, patching=None, store=None,
-                         patching_cfg: PatchingConfig = PatchingConfig(sites=('resid_pre', 'head')),
+def build_dashboard_data(model,  # a HookedTransformer
+                         sae,  # the SAE whose features the dashboards show
+                         pairs,  # an `actlab.tasks.PairSet` tokenized for `model`
+                         patching=None,  # precomputed `patch_pairs` output for `pairs` (else computed with `patching_cfg`)
+                         store=None,  # an ActivationStore holding the SAE's site (feature activations read from it, else computed)
+                         patching_cfg: PatchingConfig = PatchingConfig(sites=('resid_pre', 'head')),  # the patching run made when `patching` is None
                          top_k: int = 5,  # predictions kept per prompt
-                         meta: dict | None = None) -> DashboardData:  # e.g. {'model': 'builtin', 'sae': 'trained here'}
+                         meta: dict | None = None,  # e.g. {'model': 'builtin', 'sae': 'trained here'}
+                        ) -> DashboardData:
     "Precompute everything the dashboards show for `pairs` (an `actlab.tasks.PairSet`) and `sae` on `model`."
     hook = sae_hook(sae)
     if hook not in model.hook_dict: raise DashboardInputError(f"the SAE reads {hook!r}, which this model does not have")
@@ -153,7 +160,7 @@ def _encode(obj, arrays: list):
     if isinstance(obj, tuple): return {'__tuple__': [_encode(x, arrays) for x in obj]}
     if isinstance(obj, list): return [_encode(x, arrays) for x in obj]
     if isinstance(obj, dict): return {'__dict__': [[_encode(k, arrays), _encode(v, arrays)] for k, v in obj.items()]}
-    if dataclasses.is_dataclass(obj) and type(obj).__module__.startswith('actlab.'):
+    if dataclasses.is_dataclass(obj) and _ours(type(obj).__module__):
         return {'__dc__': f'{type(obj).__module__}:{type(obj).__qualname__}', 'fields': {k: _encode(v, arrays) for k, v in vars(obj).items()}}
     raise TypeError(f"cannot save a {type(obj).__module__}.{type(obj).__qualname__} in dashboard data")
 
@@ -173,13 +180,17 @@ def _decode(x, arrays):
     if '__dict__' in x: return {_key(_decode(k, arrays)): _decode(v, arrays) for k, v in x['__dict__']}
     if '__dc__' in x:
         mod, name = x['__dc__'].split(':')
-        if not mod.startswith('actlab.'): raise ValueError(f"refusing to rebuild {x['__dc__']}: not an actlab class")
+        if not _ours(mod): raise ValueError(f"refusing to rebuild {x['__dc__']}: not an actlab class")
         cls = getattr(importlib.import_module(mod), name, None)
         if cls is None or not dataclasses.is_dataclass(cls): raise ValueError(f"{x['__dc__']} is not an actlab dataclass")
         obj = object.__new__(cls)  # fields set directly: nothing in the file decides what code runs
         obj.__dict__.update({k: _decode(v, arrays) for k, v in x['fields'].items()})
         return obj
     raise ValueError(f"unknown entry in dashboard data: {sorted(x)[:3]}")
+
+def _ours(module: str) -> bool:
+    "actlab's own classes (and, in a notebook that defines them, its `__main__`): the only ones dashboard data may name."
+    return module.startswith('actlab.') or module == '__main__'
 
 def _key(k): return tuple(k) if isinstance(k, list) else k
 
@@ -222,21 +233,28 @@ _MSG_STYLE = 'background:#fff3cd;border:1px solid #e0c36c;padding:4px 8px;border
 
 _SCRIPT_SAFE = {'<': '\\u003c', '>': '\\u003e', '&': '\\u0026', '\u2028': '\\u2028', '\u2029': '\\u2029'}
 
-def script_json(obj, **kw) -> str:
+def script_json(obj,  # anything `json.dumps` takes
+                **kw) -> str:
     "JSON of `obj` safe to put inside a `<script>`: `<`, `>`, `&` (and U+2028/9) written as `\\u003c`-style escapes, so no string can close the tag."
     s = json.dumps(obj, **kw)
     for k, v in _SCRIPT_SAFE.items(): s = s.replace(k, v)
     return s
 
-def entity_escape(s: str) -> str:
+def entity_escape(s: str,  # text to escape
+                 ) -> str:
     "`s` with `& < > \" '` as numeric character references (`&#60;`...): shown as text by a page that inserts it with `innerHTML`."
     return ''.join(f'&#{ord(c)};' if c in '&<>"\'' else c for c in str(s))
 
-def message_html(text: str) -> str:
+def message_html(text: str,  # the message (HTML-escaped)
+                ) -> str:
     "A visible warning box (for bad input)."
     return f'<div class="actlab-message" style="{_MSG_STYLE}">⚠ {html.escape(str(text))}</div>'
 
-def tokens_html(tokens: Sequence[str], values: Sequence[float], vmax: float | None = None, title: str = '') -> str:
+def tokens_html(tokens: Sequence[str],  # token strings
+                values: Sequence[float],  # one value per token (its background intensity)
+                vmax: float | None = None,  # the value drawn fully red (default: the largest |value|)
+                title: str = '',  # a heading above the tokens
+               ) -> str:
     "Tokens as spans with a red background proportional to `values` (value on hover)."
     values = np.asarray(values, float)
     vmax = float(vmax if vmax is not None else max(np.abs(values).max(initial=0), 1e-9)) or 1.0
@@ -249,12 +267,16 @@ def tokens_html(tokens: Sequence[str], values: Sequence[float], vmax: float | No
     head = f'<div style="font-size:90%;color:#555">{html.escape(title)}</div>' if title else ''
     return f'<div class="actlab-tokens">{head}{"".join(spans)}</div>'
 
-def table_html(df: pd.DataFrame, floatfmt: str = '{:.3f}') -> str:
+def table_html(df: pd.DataFrame,  # the table
+               floatfmt: str = '{:.3f}',  # format of float cells
+              ) -> str:
     "A compact HTML table (cells and headers HTML-escaped)."
     t = df.to_html(index=False, float_format=lambda v: floatfmt.format(v), classes='actlab-table', border=0, escape=True)
     return '<style>.actlab-table td,.actlab-table th{padding:1px 10px}</style>' + t
 
-def show_figure(out: widgets.Output, fig: go.Figure):
+def show_figure(out: widgets.Output,  # the output widget (cleared first)
+                fig: go.Figure,  # the plotly figure
+               ):
     "Put `fig` in `out` as a plotly mime bundle (works with or without a kernel), autosized to the output's width."
     from actlab.study import fit_figure
     fig = fit_figure(fig)
@@ -263,11 +285,16 @@ def show_figure(out: widgets.Output, fig: go.Figure):
                              'text/html': fig.to_html(include_plotlyjs=False, full_html=False, default_width='100%', config={'responsive': True}),
                              'text/plain': f'<plotly figure: {fig.layout.title.text}>'}},)
 
-def caption_html(text: str) -> str:
+def caption_html(text: str,  # the caption (HTML-escaped)
+                ) -> str:
     "A one-line 'what to look for' caption under a view."
     return f'<div class="actlab-caption" style="font-size:90%;color:#444;border-left:3px solid #4a7;padding:1px 8px"><b>What to look for:</b> {html.escape(text)}</div>'
 
-def prediction_html(preds: list, answer: str, distractor: str, title: str) -> str:
+def prediction_html(preds: list,  # the top-k predictions [(token, prob), ...] (`DashboardData`'s preds of one prompt)
+                    answer: str,  # the answer token (marked)
+                    distractor: str,  # the distractor token (marked)
+                    title: str,  # a heading
+                   ) -> str:
     "The model's top-k at the answer position, the answer and the distractor marked."
     cells = []
     for t, p in preds:
@@ -553,7 +580,10 @@ class SaeVisView:
         self.message.value = ''
         self.view.value = iframe_html(saevis_start(self.page, f))
 
-def dashboard(data: DashboardData, feature: int | None = None, saevis_page: str | None = None) -> widgets.Tab:
+def dashboard(data: DashboardData,  # `build_dashboard_data` or `load_dashboard_data` output
+              feature: int | None = None,  # the feature the browsers open on
+              saevis_page: str | None = None,  # a sae-vis page (`saevis_dashboard`) shown in its own tab
+             ) -> widgets.Tab:
     "Example browser, feature browser, rescue overview (and a sae-vis page) in linked tabs (top container has CSS class `actlab-dashboard`)."
     if feature is None:  # open on a feature every tab can show
         on_page = saevis_features(saevis_page) if saevis_page is not None else []
@@ -576,7 +606,13 @@ def dashboard(data: DashboardData, feature: int | None = None, saevis_page: str 
     box.parts, box.tab = p, tab
     return box
 
-def open_dashboard(model, sae, pairs, store=None, patching=None, feature: int | None = None):
+def open_dashboard(model,  # a HookedTransformer
+                   sae,  # the SAE whose features the dashboards show
+                   pairs,  # an `actlab.tasks.PairSet` tokenized for `model`
+                   store=None,  # an ActivationStore holding the SAE's site (optional)
+                   patching=None,  # precomputed `patch_pairs` output (optional)
+                   feature: int | None = None,  # the feature the browsers open on
+                  ):
     "Build the data and the tabbed dashboard; input problems become a message widget (no traceback)."
     try: data = build_dashboard_data(model, sae, pairs, patching=patching, store=store)
     except (DashboardInputError, IndexError, KeyError) as err:
@@ -588,7 +624,8 @@ def open_dashboard(model, sae, pairs, store=None, patching=None, feature: int | 
 
 # %% ../nbs/10_dashboards.ipynb #e2386efc
 @contextlib.contextmanager
-def saevis_adapter(sae):
+def saevis_adapter(sae,  # a SAELens v6 SAE (the added cfg attributes are removed on exit)
+                  ):
     "Give a SAELens v6 SAE the `cfg.hook_name / hook_layer / hook_head_index` attributes sae-vis 0.3.7 reads."
     from transformer_lens.utils import get_act_name  # noqa: F401  (sae-vis uses TL names)
     hook = sae_hook(sae)
@@ -601,7 +638,12 @@ def saevis_adapter(sae):
     finally:
         for k in added: delattr(sae.cfg, k)
 
-def concat_prompts(model, pairs, n_rows: int = 64, seq_len: int | None = None, which: str = 'corrupted') -> torch.Tensor:
+def concat_prompts(model,  # the model (its tokenizer's BOS)
+                   pairs,  # an `actlab.tasks.PairSet`
+                   n_rows: int = 64,  # rows returned
+                   seq_len: int | None = None,  # tokens per row (default: the longest prompt)
+                   which: str = 'corrupted',  # 'clean' or 'corrupted' prompts
+                  ) -> Int[Tensor, "n_rows seq_len"]:
     "Rows `[n_rows, seq_len]` of `pairs`' prompts packed end to end (BOS first), for sae-vis's sequence groups."
     seq_len = seq_len or model.cfg.n_ctx
     ids = []
@@ -627,12 +669,16 @@ def _layout_with_probes():
                                                                                ProbeLogitsTablesConfig(n_rows=_PROBE_ROWS)),
                                        Column(SeqMultiGroupConfig())], height=800)
 
-def saevis_dashboard(model, sae, features: Sequence[int], tokens: torch.Tensor,
+def saevis_dashboard(model,  # a HookedTransformer
+                     sae,  # the SAE
+                     features: Sequence[int],  # the latents to show
+                     tokens: Int[Tensor, "n_rows seq_len"],  # `[n_rows, seq_len]` token ids (e.g. `concat_prompts`)
                      probes: dict | None = None,  # name -> direction [d_in] (e.g. actlab.probes.probe_direction)
                      path: str | Path | None = None,  # write the page here
                      offline: str | None = 'inline',  # plotly.js: 'inline', 'directory' (plotly.min.js next to the page) or None (CDN)
                      d3_js: str | Path | None = 'auto',  # a local d3 v6 file; 'auto': $ACTLAB_D3_JS or docs_src/node_modules/d3; None: d3js.org
-                     minibatch_size_tokens: int = 64) -> str:
+                     minibatch_size_tokens: int = 64,  # sae-vis's minibatch size (sequences per forward pass)
+                    ) -> str:
     "sae-vis feature-centric HTML for `features` of `sae` on `tokens`; written to `path` if given; returns the HTML."
     from sae_vis import SaeVisConfig, SaeVisData
     from actlab.sae_eval import as_sae_transformer
@@ -723,7 +769,8 @@ def _write_plotlyjs(folder: Path) -> Path:
     from plotly.offline import get_plotlyjs
     return ensure_file(Path(folder) / 'plotly.min.js', get_plotlyjs())
 
-def saevis_features(page: str) -> list[int]:
+def saevis_features(page: str,  # a sae-vis HTML page
+                   ) -> list[int]:
     "The features a sae-vis page holds (the keys of its `DATA`)."
     import re
     m = re.search(r'function defineData\(\) \{\s*return (\{.*?\});\s*\}\s*function definePromptData', page, re.S)
@@ -731,7 +778,9 @@ def saevis_features(page: str) -> list[int]:
     try: return sorted(int(k) for k in json.loads(m.group(1)))
     except (ValueError, json.JSONDecodeError): return []
 
-def saevis_start(page: str, feature: int) -> str:
+def saevis_start(page: str,  # a sae-vis HTML page
+                 feature: int,  # the feature it opens on (one the page holds)
+                ) -> str:
     "`page` opening on `feature` (sae-vis's `START_KEY`); a standalone page also follows `#feature=N` in its URL."
     import re
     return re.sub(r'const START_KEY = "?[^;\n]*"?;', f'const START_KEY = (new URLSearchParams(location.hash.slice(1)).get("feature")) || "{int(feature)}";',
@@ -741,12 +790,16 @@ _FIT_JS = ("(function(f){function fit(){try{var d=f.contentDocument;if(!d||!d.bo
            "var h=Math.max(d.documentElement.scrollHeight,d.body.scrollHeight);f.style.height=(h+24)+'px';}catch(e){}}"
            "fit();setTimeout(fit,300);setTimeout(fit,1500);})(this)")
 
-def iframe_html(page: str, height: int = 700) -> str:
+def iframe_html(page: str,  # a self-contained HTML page
+                height: int = 700,  # initial height in pixels (before it fits its content)
+               ) -> str:
     "An iframe holding `page` (`srcdoc`) that grows to its content's height once loaded (no clipped sae-vis panels)."
     return (f'<iframe class="actlab-iframe" srcdoc="{html.escape(page, quote=True)}" onload="{html.escape(_FIT_JS, quote=True)}" '
             f'style="width:100%;height:{height}px;border:1px solid #ddd"></iframe>')
 
-def iframe(page: str, height: int = 700):
+def iframe(page: str,  # a self-contained HTML page
+           height: int = 700,  # initial height in pixels (before it fits its content)
+          ):
     "An HTML page shown inline (an iframe with `srcdoc` that fits its content), e.g. a sae-vis dashboard."
     import warnings
     from IPython.display import HTML
@@ -757,7 +810,10 @@ def iframe(page: str, height: int = 700):
 
 # %% ../nbs/10_dashboards.ipynb #83fc00e7
 @torch.no_grad()
-def attention_html(model, tokens: torch.Tensor, heads: Sequence[tuple[int, int]]) -> str:
+def attention_html(model,  # a HookedTransformer
+                   tokens: Int[Tensor, " seq"],  # `[seq]` token ids of one prompt
+                   heads: Sequence[tuple[int, int]],  # the heads shown, as (layer, head)
+                  ) -> str:
     "circuitsvis attention patterns of `heads` [(layer, head)] on one prompt `tokens` `[seq]` (self-contained HTML)."
     import circuitsvis as cv
     tokens = tokens.reshape(1, -1)
@@ -776,7 +832,12 @@ def _spaced_strings(model, tokens: torch.Tensor) -> list[str]:
     return [s if (i == 0 or not word_level or s[:1].isspace()) else '\u00a0' + s for i, s in enumerate(strs)]
 
 @torch.no_grad()
-def logprobs_html(model, tokens: torch.Tensor, top_k: int = 5, answer: str | None = None, distractor: str | None = None) -> str:
+def logprobs_html(model,  # a HookedTransformer
+                  tokens: Int[Tensor, " seq"],  # `[seq]` token ids of one prompt
+                  top_k: int = 5,  # predictions listed after the last token
+                  answer: str | None = None,  # the answer token (marked)
+                  distractor: str | None = None,  # the distractor token (marked)
+                 ) -> str:
     "circuitsvis token log-probs of one prompt `tokens` `[seq]` (self-contained HTML), then the model's top-k after the last token."
     import circuitsvis as cv
     tokens = tokens.reshape(-1)
@@ -808,7 +869,13 @@ nav.actlab-nav a{text-decoration:none;color:#16632a;font-weight:600} nav.actlab-
 _PAGES = (('index', 'overview'), ('examples', 'example browser'), ('features', 'features and heads'), ('rescue_overview', 'rescue by family'),
           ('sae_vis', 'sae-vis features'), ('paths', 'paths and AtP'), ('attention', 'attention'), ('logprobs', 'log-probs'))
 
-def site_page(name: str, title: str, body: str, context: str, head: str = '', have: Sequence[str] | None = None) -> str:
+def site_page(name: str,  # the page (file stem), marked in the nav bar
+              title: str,  # page title and heading
+              body: str,  # the page content (HTML)
+              context: str,  # one line saying what the page shows
+              head: str = '',  # extra `<head>` HTML (scripts)
+              have: Sequence[str] | None = None,  # the pages the nav bar links (default: all)
+             ) -> str:
     "One page of the standalone site: the shared style, a nav bar linking every page, and a line saying what the page shows."
     nav = ''.join(f'<a href="{n}.html" class="{"here" if n == name else ""}">{html.escape(t)}</a>' for n, t in _PAGES if have is None or n in have)
     return (f'<!doctype html><html><head><meta charset="utf-8"><meta name="viewport" content="width=device-width"><title>{html.escape(title)}</title>'
@@ -820,7 +887,11 @@ def _fig_div(fig, caption: str) -> str:
     return (fit_figure(fig).to_html(include_plotlyjs=False, full_html=False, default_width='100%', config={'responsive': True})
             + f'<div class="actlab-caption"><b>What to look for:</b> {html.escape(caption)}</div>')
 
-def dashboard_extras(model, pairs, n: int = 24, family: str | None = None) -> dict:
+def dashboard_extras(model,  # a HookedTransformer
+                     pairs,  # an `actlab.tasks.PairSet` tokenized for `model`
+                     n: int = 24,  # pairs used at most
+                     family: str | None = None,  # the OOD family (default: the first, alphabetically, in `pairs`)
+                    ) -> dict:
     "Path patching (senders × receivers) and AtP vs exact head patching on up to `n` pairs of one OOD family at its longest suffix: `DashboardData.extras`."
     from actlab.path_patching import path_patch
     from actlab.attribution import attribution_patch
@@ -841,7 +912,9 @@ def dashboard_extras(model, pairs, n: int = 24, family: str | None = None) -> di
                             exact=(exa - base).reshape(-1).cpu().numpy(), atp=(est - base).reshape(-1).cpu().numpy()))
     return dict(paths=paths, atp=atp, group=dict(family=str(g.df.corruption_type.iloc[0]), suffix_length=int(g.df.suffix_length.iloc[0]), n=len(c)))
 
-def plot_atp_scatter(atp: pd.DataFrame, title: str = '') -> go.Figure:
+def plot_atp_scatter(atp: pd.DataFrame,  # `dashboard_extras(...)['atp']` (one row per example and head)
+                     title: str = '',  # figure title
+                    ) -> go.Figure:
     "AtP-estimated vs exact effect of patching each head (one point per example and head), the diagonal for reference, Spearman in the title."
     from actlab.attribution import _spearman
     rho = _spearman(atp.atp.to_numpy(), atp.exact.to_numpy())
@@ -900,15 +973,16 @@ const fromHash = () => show(new URLSearchParams(location.hash.slice(1)).get('exa
 window.addEventListener('hashchange', fromHash); fromHash();
 '''
 
-def build_dashboard_html(out_dir: str | Path,
+def build_dashboard_html(out_dir: str | Path,  # folder the site is written to
                          model=None,  # default: actlab.models.load_model('builtin')
                          pairs=None,  # default: make_pairs(TaskConfig(), model.tokenizer)
                          sae=None,  # default: actlab.features.quick_sae at `hook_name`
                          data: DashboardData | None = None,  # precomputed data (else built), e.g. `load_dashboard_data(results)`
                          features: Sequence[int] | None = None,  # sae-vis features (default: the most often suppressed)
                          probes: dict | None = None,  # name -> direction for sae-vis linear_probes
-                         hook_name: str = 'blocks.1.hook_resid_pre',
-                         extras: bool = True) -> dict[str, Path]:  # path patching and AtP vs exact (computed unless `data.extras` has them)
+                         hook_name: str = 'blocks.1.hook_resid_pre',  # the site of the default SAE
+                         extras: bool = True,  # path patching and AtP vs exact (computed unless `data.extras` has them)
+                        ) -> dict[str, Path]:
     "Write the dashboards as a standalone, linked site in `out_dir`; returns {name: path} (index.html links them all)."
     out = Path(out_dir); out.mkdir(parents=True, exist_ok=True)
     if model is None:
@@ -987,8 +1061,10 @@ def build_dashboard_html(out_dir: str | Path,
 
 
 # %% ../nbs/10_dashboards.ipynb #c1rc0002
-def circuit_tab(data: DashboardData, circuit,  # an `actlab.circuits.Circuit`
-                feature_browser: FeatureBrowser | None = None) -> widgets.VBox:
+def circuit_tab(data: DashboardData,  # `build_dashboard_data` or `load_dashboard_data` output
+                circuit,  # an `actlab.circuits.Circuit`
+                feature_browser: FeatureBrowser | None = None,  # the browser a node click opens its feature in (default: a new one on `data`)
+               ) -> widgets.VBox:
     "The circuit graph (`actlab.circuits.circuit_view`) above the feature browser; a node click opens its feature there."
     from actlab.circuits import circuit_view
     fb = feature_browser or FeatureBrowser(data)

@@ -11,6 +11,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from jaxtyping import Bool, Float, Int
+from torch import Tensor
 from tqdm.auto import tqdm
 from .core import Config, check
 from .saes import SAETrainConfig, train_sae, write_store
@@ -23,7 +25,9 @@ __all__ = ['RECOVERY_FLAG_EXPLANATION', 'splice', 'sae_metrics', 'plot_feature_d
            'plot_pareto']
 
 # %% ../nbs/08b_sae_eval.ipynb #92c18be4
-def splice(model, sae):
+def splice(model,  # a HookedSAETransformer
+           sae,  # an SAE whose metadata names a hook point of `model`
+          ):
     "`model` (a HookedSAETransformer) with `sae` attached at its hook point (SAELens's `add_sae`); checks the width."
     hook = sae.cfg.metadata.hook_name
     if hook not in model.hook_dict: raise ValueError(f"the SAE reads {hook!r}, which this model does not have")
@@ -32,11 +36,12 @@ def splice(model, sae):
 
 # %% ../nbs/08b_sae_eval.ipynb #61e10463
 @torch.no_grad()
-def sae_metrics(sae,
+def sae_metrics(sae,  # the SAE to evaluate
                 x,  # activations `[n, d_in]` (raw: the trained SAE has its normalization folded in), or a provider
-                batch_size: int = 4096,
-                dense_threshold: float = 0.1,
-                max_rows: int = 200_000) -> dict:  # rows read from a provider (e.g. a StoreProvider of subset 'ood')
+                batch_size: int = 4096,  # rows encoded at a time
+                dense_threshold: float = 0.1,  # a latent firing on more than this fraction of rows counts as dense
+                max_rows: int = 200_000,  # rows read from a provider (e.g. a StoreProvider of subset 'ood')
+               ) -> dict:
     "Reconstruction and sparsity metrics of `sae` on `x`, plus `feature_density` `[d_sae]` (numpy)."
     if hasattr(x, 'sample') and hasattr(x, 'batches'): x = x.sample(max_rows)
     x = torch.as_tensor(x)
@@ -73,7 +78,10 @@ def sae_metrics(sae,
                 dead_fraction=float((density == 0).mean()), dense_fraction=float((density > dense_threshold).mean()),
                 feature_density=density)
 
-def plot_feature_density(density: np.ndarray, title: str = 'feature density', eps: float = 1e-10):
+def plot_feature_density(density: np.ndarray,  # `[d_sae]` fraction of rows each latent fires on (`sae_metrics` feature_density)
+                         title: str = 'feature density',  # figure title
+                         eps: float = 1e-10,  # floor added before log10, so dead latents show at log10(eps)
+                        ):
     "Histogram of log10 feature density (dead latents at log10(eps))."
     import plotly.express as px
     fig = px.histogram(x=np.log10(np.asarray(density) + eps), nbins=50, title=title, labels={'x': 'log10 feature density'})
@@ -100,10 +108,11 @@ def _kl(p_logits, q_logits):
 @torch.no_grad()
 def splice_metrics(model,  # a HookedTransformer
                    sae,  # an SAE whose metadata names its hook point
-                   tokens: torch.Tensor,  # `[n, seq]`
+                   tokens: Int[Tensor, "n seq"],  # `[n, seq]` token ids
                    hook_name: str | None = None,  # default: sae.cfg.metadata.hook_name
                    positions: str = 'all',  # 'all' or 'last'
-                   batch_size: int = 256) -> dict:
+                   batch_size: int = 256,  # prompts run at a time
+                  ) -> dict:
     "CE loss (orig / with SAE / zero-ablated), CE loss recovered and KL with the SAE spliced in."
     hook, rec, zero = _hooks(sae, hook_name, positions)
     acc = {k: [] for k in ('ce_orig', 'ce_sae', 'ce_zero', 'kl_sae', 'kl_zero')}
@@ -121,11 +130,13 @@ def splice_metrics(model,  # a HookedTransformer
 
 # %% ../nbs/08b_sae_eval.ipynb #b3c345a2
 @torch.no_grad()
-def logit_diff_recovery(model, sae,
+def logit_diff_recovery(model,  # a HookedSAETransformer (`as_sae_transformer`)
+                        sae,  # an SAE whose metadata names its hook point
                         pairs,  # an actlab.tasks.PairSet tokenized for `model`
-                        hook_name: str | None = None,
+                        hook_name: str | None = None,  # where the SAE is spliced (default: sae.cfg.metadata.hook_name)
                         positions: str = 'all',  # 'all' or 'last' (see splice_metrics)
-                        batch_size: int = 256) -> pd.DataFrame:
+                        batch_size: int = 256,  # prompts run at a time
+                       ) -> pd.DataFrame:
     "Per example and prompt kind: the logit difference orig / with the SAE / zero-ablated."
     from actlab.baseline import logit_diff
     hook, rec, zero = _hooks(sae, hook_name, positions)
@@ -143,7 +154,8 @@ def logit_diff_recovery(model, sae,
             rows.append(df)
     return pd.concat(rows, ignore_index=True)
 
-def recovery_table(ld: pd.DataFrame) -> pd.DataFrame:
+def recovery_table(ld: pd.DataFrame,  # `logit_diff_recovery` output (one row per example and prompt kind)
+                  ) -> pd.DataFrame:
     "Mean logit differences and the fraction recovered per condition (clean, id_control, each OOD family, ood)."
     clean = ld[ld.kind == 'clean'].assign(condition='clean')
     cor = ld[ld.kind == 'corrupted']
@@ -154,7 +166,9 @@ def recovery_table(ld: pd.DataFrame) -> pd.DataFrame:
     order = ['clean', 'id_control'] + sorted(c for c in t.index if c not in ('clean', 'id_control', 'ood')) + ['ood']
     return t.loc[[o for o in order if o in t.index]]
 
-def plot_recovery(table: pd.DataFrame, title: str = 'logit difference recovered with the SAE spliced in'):
+def plot_recovery(table: pd.DataFrame,  # `recovery_table` output
+                  title: str = 'logit difference recovered with the SAE spliced in',  # figure title
+                 ):
     "Bar chart of the fraction of the answer−distractor logit difference recovered per condition."
     import plotly.express as px
     fig = px.bar(table.reset_index(), x='condition', y='frac_recovered', title=title, hover_data=['ld_orig', 'ld_sae', 'ld_zero', 'n'])
@@ -162,7 +176,8 @@ def plot_recovery(table: pd.DataFrame, title: str = 'logit difference recovered 
     return fig
 
 # %% ../nbs/08b_sae_eval.ipynb #5f5d9b87
-def as_sae_transformer(model):
+def as_sae_transformer(model,  # a HookedTransformer (returned as is if already a HookedSAETransformer)
+                      ):
     "A `HookedSAETransformer` with `model`'s config, weights, tokenizer and actlab identity (the model itself if it is one)."
     from sae_lens import HookedSAETransformer
     if isinstance(model, HookedSAETransformer): return model
@@ -173,7 +188,11 @@ def as_sae_transformer(model):
 
 # %% ../nbs/08b_sae_eval.ipynb #92b4644e
 @torch.no_grad()
-def saelens_cross_check(model, sae, tokens: torch.Tensor, hook_name: str | None = None) -> pd.DataFrame:
+def saelens_cross_check(model,  # a HookedSAETransformer (`as_sae_transformer`)
+                        sae,  # an SAE whose metadata names its hook point
+                        tokens: Int[Tensor, "n seq"],  # `[n, seq]` token ids the metrics are computed on
+                        hook_name: str | None = None,  # where the SAE is spliced (default: sae.cfg.metadata.hook_name)
+                       ) -> pd.DataFrame:
     "Our metrics next to SAELens's own (`get_sparsity_and_variance_metrics`, `get_recons_loss`) on the same SAE and tokens."
     from sae_lens.evals import get_sparsity_and_variance_metrics, get_recons_loss
     from sae_lens.training.activation_scaler import ActivationScaler
@@ -206,7 +225,8 @@ def saelens_cross_check(model, sae, tokens: torch.Tensor, hook_name: str | None 
 # %% ../nbs/08b_sae_eval.ipynb #55e046e5
 def grouped_holdout(groups,  # the clean prompt (or problem id) of each row
                     frac: float = 0.2,  # about this fraction of the groups is held out
-                    seed: int = 0) -> np.ndarray:
+                    seed: int = 0,  # salt of the group hash (another seed, another split)
+                   ) -> Bool[np.ndarray, " n"]:
     "A boolean mask, True for held-out rows: about `frac` of the groups, each group wholly on one side (hashed, so stable)."
     import hashlib
     check(0 < frac < 1, f"frac must be in (0, 1), got {frac}")
@@ -218,7 +238,8 @@ def grouped_holdout(groups,  # the clean prompt (or problem id) of each row
 def store_vectors(store,  # an ActivationStore
                   site: str,  # the hook point (column)
                   where=None,  # row filter (dict, or a function of the metadata, as in `ActivationStore.mask`)
-                  clean: bool = True) -> torch.Tensor:  # also the clean prompts' column `clean/<site>` when stored
+                  clean: bool = True,  # also the clean prompts' column `clean/<site>` when stored
+                 ) -> Float[Tensor, "n_vectors d_in"]:
     "Every stored position's vector `[n_vectors, d_in]` of `site`, for the rows passing `where` (padding dropped)."
     cols = [site] + ([f'clean/{site}'] if clean and f'clean/{site}' in store.columns else [])
     parts = [x for c in cols for x in store.token_vectors(c, where)]
@@ -232,7 +253,9 @@ RECOVERY_FLAG_EXPLANATION = (
     "'recovered' fraction overstates faithfulness (read CE/KL recovered and explained variance beside it)")
 
 def example_recovery(ld: pd.DataFrame,  # `logit_diff_recovery` output (one row per example and prompt kind)
-                     eps: float = 0.1, rel: float = 0.1) -> pd.DataFrame:
+                     eps: float = 0.1,  # smallest absolute orig − zero gap that is not `degenerate` (`degenerate_mask`)
+                     rel: float = 0.1,  # smallest orig − zero gap relative to |orig| that is not `degenerate`
+                    ) -> pd.DataFrame:
     "`ld` with a per-row `frac_recovered` = (sae − zero) / (orig − zero), NaN where flagged `degenerate` (zero-ablation barely moves it)."
     from actlab.patching import degenerate_mask
     o, s, z = (ld[c].to_numpy(float) for c in ('ld_orig', 'ld_sae', 'ld_zero'))
@@ -240,7 +263,10 @@ def example_recovery(ld: pd.DataFrame,  # `logit_diff_recovery` output (one row 
     return ld.assign(frac_recovered=np.where(deg, np.nan, (s - z) / np.where(deg, 1.0, o - z)), degenerate=deg)
 
 def recovery_summary(ex: pd.DataFrame,  # `example_recovery` output with a `problem_id` column (the clean prompt)
-                     flag_above: float = 1.05, n_boot: int = 1000, seed: int = 0) -> dict:
+                     flag_above: float = 1.05,  # flag a condition whose median recovery exceeds this (the SAE does better than the model)
+                     n_boot: int = 1000,  # bootstrap resamples (by clean prompt)
+                     seed: int = 0,  # bootstrap seed
+                    ) -> dict:
     "Per condition (all, clean, corrupted, ood): the median per-example recovery with its bootstrap interval by clean prompt; flags."
     from actlab.metrics import bootstrap_ci
     conds = {'all': np.ones(len(ex), bool), 'clean': (ex.kind == 'clean').to_numpy(),
@@ -258,13 +284,18 @@ def recovery_summary(ex: pd.DataFrame,  # `example_recovery` output with a `prob
 # %% ../nbs/08b_sae_eval.ipynb #abd3eb89
 def heldout_eval(model,  # a HookedSAETransformer (`as_sae_transformer`)
                  sae,  # the SAE, trained without the held-out rows
-                 x_heldout: torch.Tensor | None,  # `[n, d_in]` held-out activations at the SAE's site (`store_vectors`); None: skip those metrics
+                 x_heldout: Float[Tensor, "n d_in"] | None,  # `[n, d_in]` held-out activations at the SAE's site (`store_vectors`); None: skip those metrics
                  pairs_heldout,  # the held-out pairs (a PairSet), for the task's logit-difference recovery
-                 text_tokens: torch.Tensor | None = None,  # `[n, seq]` the LM's held-out text (corpus test split) for CE/KL
-                 hook_name: str | None = None, positions: str = 'all',  # where the SAE is spliced (see splice_metrics)
-                 dense_threshold: float = 0.1, flag_above: float = 1.05, max_dead: float = 0.1,
-                 n_boot: int = 1000, seed: int = 0,
-                 return_examples: bool = False):  # also return the per-example recovery frame
+                 text_tokens: Int[Tensor, "n seq"] | None = None,  # `[n, seq]` the LM's held-out text (corpus test split) for CE/KL
+                 hook_name: str | None = None,  # where the SAE is spliced (default: sae.cfg.metadata.hook_name)
+                 positions: str = 'all',  # 'all' or 'last' (see splice_metrics)
+                 dense_threshold: float = 0.1,  # a latent firing on more than this fraction of rows counts as dense
+                 flag_above: float = 1.05,  # flag a median task recovery above this
+                 max_dead: float = 0.1,  # flag a dead-latent fraction above this
+                 n_boot: int = 1000,  # bootstrap resamples (by clean prompt)
+                 seed: int = 0,  # bootstrap seed
+                 return_examples: bool = False,  # also return the per-example recovery frame
+                ):
     "Held-out SAE metrics: L0, explained variance, dead/dense, CE/KL recovered on text, per-example task recovery (median + interval), flags."
     out = dict(n_pairs=len(pairs_heldout), n_clean_prompts=int(pairs_heldout.df.problem_id.nunique()))
     if x_heldout is not None:
@@ -285,7 +316,10 @@ def heldout_eval(model,  # a HookedSAETransformer (`as_sae_transformer`)
     return (out, ex) if return_examples else out
 
 def heldout_claims(h: dict,  # `heldout_eval` output
-                   max_dead: float = 0.1, recovery_range: tuple[float, float] = (0.9, 1.05), min_ce_recovered: float = 0.9) -> list:
+                   max_dead: float = 0.1,  # the dead-latent fraction must stay below this
+                   recovery_range: tuple[float, float] = (0.9, 1.05),  # the median per-example task recovery must lie in this interval (lo, hi)
+                   min_ce_recovered: float = 0.9,  # the LM's CE loss recovered must reach this
+                  ) -> list:
     "Claims on an SAE's held-out metrics: few dead latents; the task's logit difference kept per example; the LM's loss recovered."
     from actlab.metrics import Claim
     tr = h['task_recovery']['all']
@@ -309,15 +343,26 @@ def heldout_claims(h: dict,  # `heldout_eval` output
     return out
 
 # %% ../nbs/08b_sae_eval.ipynb #b864fbec
-def synthetic_model(num_features: int = 32, hidden_dim: int = 32, seed: int = 0, max_prob: float = 0.2, min_prob: float = 0.02,
-                    **kwargs):  # more SyntheticModelConfig fields: hierarchy=HierarchyConfig(...), correlation=..., bias=...
+def synthetic_model(num_features: int = 32,  # number of true features
+                    hidden_dim: int = 32,  # width of the activations they are embedded in
+                    seed: int = 0,  # seed of the features and firing
+                    max_prob: float = 0.2,  # firing probability of the most frequent feature
+                    min_prob: float = 0.02,  # firing probability of the rarest feature
+                    **kwargs,  # more SyntheticModelConfig fields: hierarchy=HierarchyConfig(...), correlation=..., bias=...
+                   ):
     "A `sae_lens.synthetic.SyntheticModel` with Zipfian firing probabilities (and optional hierarchy / correlations)."
     from sae_lens.synthetic import SyntheticModel, SyntheticModelConfig, ZipfianFiringProbabilityConfig
     return SyntheticModel(SyntheticModelConfig(num_features=num_features, hidden_dim=hidden_dim, seed=seed,
                           firing_probability=ZipfianFiringProbabilityConfig(max_prob=max_prob, min_prob=min_prob), **kwargs))
 
-def synthetic_store(path: str | Path, model, n_rows: int = 20000, rows_per_shard: int = 4096, seed: int = 0,
-                    hook_name: str = 'synthetic.hook', overwrite: bool = False):
+def synthetic_store(path: str | Path,  # new store folder
+                    model,  # a `synthetic_model`
+                    n_rows: int = 20000,  # samples written
+                    rows_per_shard: int = 4096,  # rows per shard file
+                    seed: int = 0,  # sampling seed
+                    hook_name: str = 'synthetic.hook',  # the column the samples are stored in
+                    overwrite: bool = False,  # replace an existing store at `path`
+                   ):
     "Write `n_rows` samples of a synthetic model into an activation store (column `hook_name`)."
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -325,14 +370,20 @@ def synthetic_store(path: str | Path, model, n_rows: int = 20000, rows_per_shard
     return write_store(path, {hook_name: x}, rows_per_shard=rows_per_shard, model=dict(name='synthetic', seed=seed),
                        config=dict(source='sae_lens.synthetic', cfg=model.cfg.to_dict(), n_rows=n_rows, seed=seed), overwrite=overwrite)
 
-def ground_truth_eval(sae, model, num_samples: int = 20000):
+def ground_truth_eval(sae,  # an SAE trained on the synthetic model's activations
+                      model,  # the `synthetic_model` that made them
+                      num_samples: int = 20000,  # samples drawn for the evaluation
+                     ):
     "SAELens's `eval_sae_on_synthetic_data` (MCC, uniqueness, L0, dead latents, explained variance, classification)."
     from sae_lens.synthetic import eval_sae_on_synthetic_data
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(1234)
         return eval_sae_on_synthetic_data(sae, model.feature_dict, model.activation_generator, num_samples=num_samples)
 
-def plot_feature_similarity(sae, model, title: str = 'SAE decoder vs true features'):
+def plot_feature_similarity(sae,  # an SAE trained on the synthetic model's activations
+                            model,  # the `synthetic_model` that made them
+                            title: str = 'SAE decoder vs true features',  # figure title
+                           ):
     "Heatmap of |cosine| between SAE decoder rows and the true features, latents ordered by their Hungarian match."
     import plotly.express as px
     from scipy.optimize import linear_sum_assignment
@@ -367,7 +418,11 @@ class SweepConfig(Config):
         keys = list(self.grid)
         return [self.base.replace(**dict(zip(keys, vals))) for vals in itertools.product(*(self.grid[k] for k in keys))]
 
-def failure_signs(row: dict | pd.Series, history: pd.DataFrame | None, scfg: SweepConfig, d_in: int) -> list[str]:
+def failure_signs(row: dict | pd.Series,  # one run's metrics (`sae_metrics` keys: l0, dense_fraction, dead_fraction)
+                  history: pd.DataFrame | None,  # its metric history (`read_history`), or None
+                  scfg: SweepConfig,  # the sweep, with the failure thresholds
+                  d_in: int,  # input width (an L0 above `dense_l0_frac * d_in` is too dense)
+                 ) -> list[str]:
     "ARENA's failure signs for one run: 'too dense', 'too many dead', 'undertrained'."
     signs = []
     if row['l0'] > scfg.dense_l0_frac * d_in or row['dense_fraction'] > scfg.max_dense_frac: signs.append('too dense')
@@ -378,12 +433,14 @@ def failure_signs(row: dict | pd.Series, history: pd.DataFrame | None, scfg: Swe
         if before > 0 and (before - last) / before > scfg.undertrained_drop: signs.append('undertrained')
     return signs
 
-def sweep(scfg: SweepConfig,
+def sweep(scfg: SweepConfig,  # the grid of training configs and the failure thresholds
           data,  # training data (provider, tensor, store, ...)
-          eval_x: torch.Tensor,  # held-out activations [n, d_in] for the metrics
-          model=None, tokens: torch.Tensor | None = None,  # optional: CE recovered / KL with the SAE spliced in
+          eval_x: Float[Tensor, "n d_in"],  # held-out activations [n, d_in] for the metrics
+          model=None,  # optional: CE recovered / KL with the SAE spliced in
+          tokens: Int[Tensor, "n seq"] | None = None,  # `[n, seq]` token ids for CE recovered / KL (with `model`)
           run_root: str | Path | None = None,  # keep each run in run_root/<name>
-          progress: bool = True, **train_kwargs) -> pd.DataFrame:
+          progress: bool = True,  # tqdm bar over the runs
+          **train_kwargs) -> pd.DataFrame:
     "Train every config of the grid; one row per run with its grid values, metrics and failure signs."
     rows = []
     cfgs = scfg.configs()
@@ -397,7 +454,9 @@ def sweep(scfg: SweepConfig,
         rows.append(row)
     return pd.DataFrame(rows)
 
-def plot_pareto(df: pd.DataFrame, title: str = 'SAE sweep: sparsity vs reconstruction'):
+def plot_pareto(df: pd.DataFrame,  # `sweep` output (one row per run)
+                title: str = 'SAE sweep: sparsity vs reconstruction',  # figure title
+               ):
     "L0 vs explained variance (and vs CE loss recovered when present); runs with failure signs drawn as crosses."
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots

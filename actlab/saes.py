@@ -226,7 +226,10 @@ class IterableProvider:
                 if empty: return
         return _skip(_private_rng(cycle, self.seed), int(skip))
 
-def as_provider(data, batch_size: int, seed: int = 0):
+def as_provider(data,  # a provider (kept), a tensor/array `[n, d_in]`, an ActivationStore, or a re-iterable of batches
+                batch_size: int,  # rows per batch the provider serves (a given provider must already serve this size)
+                seed: int = 0,  # shuffling seed
+               ):
     "A provider for `data`: a provider (kept), a tensor/array `[n, d_in]`, an ActivationStore, or a re-iterable of batches."
     from actlab.store import ActivationStore
     if all(hasattr(data, a) for a in ('batches', 'sample', 'd_in')):
@@ -241,10 +244,11 @@ def as_provider(data, batch_size: int, seed: int = 0):
 def write_store(path: str | Path,  # new store folder
                 acts: dict[str, np.ndarray | torch.Tensor],  # column (hook name) -> `[n, d]` activations
                 meta: pd.DataFrame | None = None,  # one row per vector (default: example_id only)
-                rows_per_shard: int = 4096,
+                rows_per_shard: int = 4096,  # rows per shard file
                 model: dict | None = None,  # model identity, e.g. {'name': ..., 'weights_hash': ...}
                 config: dict | None = None,  # what made the data (decides the store's identity)
-                overwrite: bool = False):
+                overwrite: bool = False,  # replace an existing store at `path`
+               ):
     "Write `[n, d]` arrays as an activation store (one vector per row, like positions='answer'); return the ActivationStore."
     import pyarrow as pa
     from actlab.store import StoreWriter, ActivationStore, to_arrow
@@ -266,12 +270,13 @@ def write_store(path: str | Path,  # new store folder
     return ActivationStore(path)
 
 # %% ../nbs/08_saes.ipynb #31568ea4
-def make_training_sae(cfg: SAETrainConfig,
+def make_training_sae(cfg: SAETrainConfig,  # architecture, size, sparsity and seed of the SAE
                       d_in: int,  # input width
                       hook_name: str | None = None,  # the hook point the SAE reads (metadata)
                       model: dict | None = None,  # model identity {'name', 'weights_hash', ...} (metadata)
-                      hook_head_index: int | None = None,
-                      data: dict | None = None):  # provider description (metadata)
+                      hook_head_index: int | None = None,  # attention head the SAE reads, for per-head hooks (metadata)
+                      data: dict | None = None,  # provider description (metadata)
+                     ):
     "A fresh SAELens `TrainingSAE` for `cfg` (weights seeded with `cfg.seed`)."
     from sae_lens.registry import get_sae_training_class
     from sae_lens.saes.sae import SAEMetadata
@@ -314,7 +319,9 @@ def _safe_torch_load(path: Path, device='cpu'):
     except Exception as e:
         raise CheckpointError(f"{path} is unreadable ({type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''})") from None
 
-def read_checkpoint(path: str | Path, device='cpu') -> dict:
+def read_checkpoint(path: str | Path,  # a checkpoint folder (run_dir/checkpoints/<step>)
+                    device='cpu',  # where the tensors are loaded
+                   ) -> dict:
     "Read and check every file of a checkpoint folder into memory (nothing unpickled beyond tensors); `CheckpointError` if one is damaged."
     from safetensors.torch import load_file
     path = Path(path)
@@ -500,7 +507,7 @@ class TrainResult:
 
 def _jsonable(d): return json.loads(json.dumps(d, default=str))
 
-def train_sae(cfg: SAETrainConfig,
+def train_sae(cfg: SAETrainConfig,  # the training run (architecture, size, sparsity, optimizer, logging, checkpoints)
               data,  # provider, tensor [n, d_in], ActivationStore, or re-iterable of [batch, d_in] tensors
               run_dir: str | Path | None = None,  # run folder (config, metrics.jsonl, checkpoints, sae/); None = keep nothing
               resume: bool = False,  # continue the run in run_dir from its newest checkpoint
@@ -509,7 +516,8 @@ def train_sae(cfg: SAETrainConfig,
               stop_after: int | None = None,  # stop after this many steps, as if interrupted (tests)
               progress: bool = True,  # tqdm bar
               live_plot: bool = False,  # redraw the metric history in the notebook while training
-              overwrite: bool = False) -> TrainResult:  # replace a finished or different run in run_dir
+              overwrite: bool = False,  # replace a finished or different run in run_dir
+             ) -> TrainResult:
     "Train an SAE with SAELens's `SAETrainer` on `data`; save it in SAELens's format under `run_dir/sae`."
     from sae_lens import SAE
     provider = as_provider(data, cfg.batch_size, cfg.seed)
@@ -579,12 +587,15 @@ def train_sae(cfg: SAETrainConfig,
     else: atomic_write_json(run_dir / 'done.json', dict(steps=trainer.n_training_steps, samples=trainer.n_training_samples))
     return TrainResult(sae_inf, hist, run_dir, True, trainer)
 
-def read_history(run_dir: str | Path) -> pd.DataFrame:
+def read_history(run_dir: str | Path,  # a run folder written by `train_sae`
+                ) -> pd.DataFrame:
     "The metric history of a run folder (`metrics.jsonl`) as a DataFrame."
     p = Path(run_dir) / 'metrics.jsonl'
     return pd.DataFrame([json.loads(l) for l in p.read_text().splitlines() if l.strip()]) if p.exists() else pd.DataFrame()
 
-def plot_history(hist: pd.DataFrame, title: str = 'SAE training'):
+def plot_history(hist: pd.DataFrame,  # `read_history` output (one row per logged step)
+                 title: str = 'SAE training',  # figure title
+                ):
     "Plotly panels of the metric history: losses, L0, explained variance, dead/dense latents."
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
@@ -602,8 +613,9 @@ def plot_history(hist: pd.DataFrame, title: str = 'SAE training'):
 
 # %% ../nbs/08_saes.ipynb #0d1f2e8c
 def load_sae(path: str | Path,  # a run folder, its sae/ folder, or (with sae_id) a SAELens pretrained release
-             device: str = 'cpu',
-             sae_id: str | None = None):  # pretrained SAE id within the release (needs the Hugging Face hub)
+             device: str = 'cpu',  # where the weights are loaded
+             sae_id: str | None = None,  # pretrained SAE id within the release (needs the Hugging Face hub)
+            ):
     "An SAE saved by `train_sae` (or any SAELens-format folder) via `SAE.load_from_disk`; with `sae_id`, `SAE.from_pretrained`."
     from sae_lens import SAE
     if sae_id is not None:

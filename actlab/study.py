@@ -174,7 +174,8 @@ FIGURE_NOTES = (  # (regex on the figure's title, anchor id, what to look for, c
 CLAIM_FIGURES = {'clean_accuracy': 'fig-accuracy', 'ood_drop_grows_with_length': 'fig-accuracy', 'ood_families_differ': 'fig-accuracy',
                  'id_control_accuracy': 'fig-accuracy', 'norm_matched_accuracy': 'fig-accuracy', 'site_rescues': 'fig-rescue-layer-pos'}
 
-def figure_note(title: str) -> tuple[str, str, str | None]:
+def figure_note(title: str,  # the figure's title (looked up in `FIGURE_NOTES`)
+               ) -> tuple[str, str, str | None]:
     "(anchor, caption, colorbar title) for a figure titled `title` (a generic caption where `FIGURE_NOTES` has none)."
     for pat, anchor, caption, cbar in sorted(FIGURE_NOTES, key=lambda n: n[1] in ('fig-rescue-layer-pos', 'fig-rescue-heads')):
         if re.search(pat, title or '', re.I): return anchor, caption, cbar  # the generic rescue heatmaps last
@@ -186,7 +187,9 @@ def _wrap(text: str, width: int) -> str:
     import textwrap
     return '<br>'.join(textwrap.wrap(text, width))
 
-def fit_figure(fig, colorbar_title: str | None = None):
+def fit_figure(fig,  # a plotly figure (not changed)
+               colorbar_title: str | None = None,  # title of its colorbars (default: as they are)
+              ):
     "A copy of `fig` that fits its container (autosized, no fixed width), with wrapped titles and colorbars that overlap no panel."
     import plotly.graph_objects as go
     fig = go.Figure(fig)
@@ -223,14 +226,18 @@ def fit_figure(fig, colorbar_title: str | None = None):
 
 _POS_LABEL = re.compile(r'^(-\d+):')
 
-def position_label(rel: int, suffix_length: int | None = None) -> str:
+def position_label(rel: int,  # the position counted from the end (−1 = the answer position)
+                   suffix_length: int | None = None,  # the suffix length, to name suffix slots S1..Sk (None: counted from the answer)
+                  ) -> str:
     "A position counted from the end (−1 = the answer position, the last token) as a label shared by every pooled prompt."
     if rel == -1: return 'answer pos'
     if suffix_length and -(suffix_length + 1) <= rel <= -2: return f'S{rel + suffix_length + 2}'  # suffix slots S1..Sk
     if suffix_length: return f'pre−{-rel - suffix_length - 1}'  # tokens before the suffix, counted back from it
     return f'ans−{-rel - 1}'
 
-def relabel_positions(fig, suffix_length: int | None = None):
+def relabel_positions(fig,  # a plotly figure of layer × position heatmaps pooled over prompts
+                      suffix_length: int | None = None,  # the suffix length, to name suffix slots (see `position_label`)
+                     ):
     "`fig`'s pooled layer × position heatmaps relabelled by position relative to the answer (and suffix slot), not one example's tokens."
     hit = False
     for t in fig.data:
@@ -262,7 +269,8 @@ def _num(v, digits: int = 3) -> str:
 
 _HEADLINE_KEYS = ('estimate', 'median', 'mean', 'accuracy', 'min_accuracy', 'rescue', 'spearman', 'score', 'cv_score', 'fraction')
 
-def claim_numbers(evidence: dict) -> str:
+def claim_numbers(evidence: dict,  # a claim's evidence dict (numbers, with 'ci_low'/'ci_high' where there is an interval)
+                 ) -> str:
     "The headline numbers of a claim's evidence as HTML: `estimate [ci_low, ci_high]` where there is an interval, then other scalars."
     ev = evidence if isinstance(evidence, dict) else {}
     scalars = {k: v for k, v in ev.items() if isinstance(v, (int, float, bool)) and not isinstance(v, bool) or isinstance(v, bool)}
@@ -292,7 +300,9 @@ def _round_tree(x):
     if isinstance(x, float): return float(_num(x)) if np.isfinite(x) else None
     return x
 
-def findings_html(claims: list, anchors: set = frozenset()) -> str:
+def findings_html(claims: list,  # claim dicts (`Claim.to_dict()` + optional `figure`), e.g. `read_claims(folder)`
+                  anchors: set = frozenset(),  # the figure anchors of this page (a claim's figure among them links within the page)
+                 ) -> str:
     "The findings box (`id=\"findings\"`): one row per claim dict (`Claim.to_dict()` + optional `figure`) with verdict, numbers and a figure link."
     rows = []
     for c in claims:
@@ -311,7 +321,8 @@ def findings_html(claims: list, anchors: set = frozenset()) -> str:
     head = f'<h2>Findings</h2><p>{n_hold} of {len(rows)} claims hold (each checked on held-out data where it selects; from claims.json).</p>'
     return f'<section id="findings">{head}{body}</section>'
 
-def read_claims(folder: str | Path) -> list:
+def read_claims(folder: str | Path,  # a results folder
+               ) -> list:
     "The claim dicts in `folder/claims.json` (`{\"claims\": [...]}`); [] where there is none."
     p = Path(folder) / 'claims.json'
     if not p.exists(): return []
@@ -319,7 +330,9 @@ def read_claims(folder: str | Path) -> list:
     except (json.JSONDecodeError, UnicodeDecodeError) as e: raise ValueError(f"{p} is damaged ({e}); run the study again") from None
     return list(d.get('claims', [])) if isinstance(d, dict) else []
 
-def add_claims(folder: str | Path, claims) -> Path:
+def add_claims(folder: str | Path,  # a results folder
+               claims,  # Claim objects or their dicts
+              ) -> Path:
     "Add `claims` (Claim objects or dicts) to `folder/claims.json`, replacing claims of the same name and keeping every other."
     new = [c.to_dict() if hasattr(c, 'to_dict') else dict(c) for c in claims]
     names = {c['name'] for c in new}
@@ -337,7 +350,8 @@ figure{margin:1.2em 0} figcaption{font-size:92%;color:#444;border-left:3px solid
 #findings .tab td,#findings .tab th{text-align:left;vertical-align:top} #findings td.num{min-width:14em;max-width:36em} #findings td:first-child{white-space:nowrap} .holds{color:#16632a;font-weight:bold}
 .fails{color:#a11;font-weight:bold} .ci{color:#555} details code{font-size:85%;word-break:break-all} .js-plotly-plot{max-width:100%}'''
 
-def go_copy(fig):
+def go_copy(fig,  # a plotly figure
+           ):
     "A copy of a plotly figure (so the report never changes the caller's)."
     import plotly.graph_objects as go
     return go.Figure(fig)
@@ -409,12 +423,16 @@ def plot_condition_intervals(table: pd.DataFrame,  # `actlab.baseline.condition_
 class ResultsFolderError(FileExistsError):
     "The results folder holds another run (or other files); the message says how to keep or replace it."
 
-def check_devices(cfg: 'StudyConfig'):
+def check_devices(cfg: 'StudyConfig',  # the study config (its `device` fields)
+                 ):
     "The study's devices exist on this machine (one-line `ConfigError` otherwise)."
     check_device(cfg.model.device, where='model.device')
     if 'sae' in cfg.phases and not cfg.sae.pretrained_release: check_device(cfg.sae.device, where='sae.device')
 
-def check_study_inputs(cfg: 'StudyConfig', model, pairs):
+def check_study_inputs(cfg: 'StudyConfig',  # the study config
+                       model,  # the loaded model
+                       pairs,  # the task pairs (`make_pairs`)
+                      ):
     "Cross-field checks that need the model and the pairs but no phase: a `ConfigError` naming the field and the fix."
     from actlab.extract import check_sites
     df, tok = pairs.df, pairs.tokenizer
@@ -441,14 +459,19 @@ def check_study_inputs(cfg: 'StudyConfig', model, pairs):
         check(cfg.sae.batch_size <= n_vec, f"sae.batch_size={cfg.sae.batch_size} but the store will hold only {n_vec} activation vectors at the "
                                            "SAE's site; lower sae.batch_size or raise task.n_per_cell")
 
-def check_class_sizes(cfg: 'StudyConfig', survives: np.ndarray):
+def check_class_sizes(cfg: 'StudyConfig',  # the study config (`probes.n_splits`)
+                      survives: np.ndarray,  # boolean per example: it survives the corruption (phase B)
+                     ):
     "After phase B: each survival class has at least `probes.n_splits` examples (or the survival probe is skipped: one class only)."
     n_pos, n_neg = int(survives.sum()), int((~survives).sum())
     if 0 < min(n_pos, n_neg) < cfg.probes.n_splits:
         raise ConfigError(f"probes.n_splits={cfg.probes.n_splits} but only {min(n_pos, n_neg)} examples "
                           f"{'survive' if n_pos < n_neg else 'fail'} (of {len(survives)}); lower probes.n_splits or raise task.n_per_cell")
 
-def claim_folder(folder: str | Path, cfg: 'StudyConfig', overwrite: bool = False) -> Path | None:
+def claim_folder(folder: str | Path,  # the run's results folder
+                 cfg: 'StudyConfig',  # the study config this run is for
+                 overwrite: bool = False,  # move a folder holding another run aside instead of refusing
+                ) -> Path | None:
     "Make `folder` this run's: refuse one holding another config's run (or other files) unless `overwrite`, which moves it aside first; return where."
     folder = Path(folder)
     if folder.exists() and not folder.is_dir(): raise ResultsFolderError(f"{folder} is a file; choose another --out or study name")
@@ -480,8 +503,11 @@ def _last_block_in(model) -> str: return f'blocks.{model.cfg.n_layers - 1}.hook_
 
 def _safe(name: str) -> str: return re.sub(r'[^A-Za-z0-9_.-]', '_', name)
 
-def run_study(cfg: StudyConfig = StudyConfig(), out: str | Path = 'results', progress: bool = True,
-              overwrite: bool = False) -> Path:  # replace a results folder holding another run (moved aside first)
+def run_study(cfg: StudyConfig = StudyConfig(),  # the study: task, model, phases and their configs
+              out: str | Path = 'results',  # the results root (the run goes to `out/cfg.name`)
+              progress: bool = True,  # tqdm bars
+              overwrite: bool = False,  # replace a results folder holding another run (moved aside first)
+             ) -> Path:
     "Run the phases `cfg.phases` of the study; return the results folder `out/cfg.name` (with `manifest.json`, `report.html`)."
     if not isinstance(cfg, StudyConfig): raise ConfigError(f"run_study needs a StudyConfig, got {type(cfg).__name__}")
     folder = Path(out) / cfg.name

@@ -8,7 +8,8 @@ import pytest
 from fastcore.docments import docments
 
 MODULES = ['core', 'metrics', 'capture', 'tasks', 'models', 'baseline', 'patching', 'path_patching', 'attribution', 'rescue',
-           'store', 'features', 'circuits', 'extract', 'engine', 'probes', 'probe_selection', 'ternary', 'cli']
+           'store', 'features', 'circuits', 'extract', 'engine', 'probes', 'probe_selection', 'ternary', 'cli',
+           'saes', 'sae_eval', 'dashboards', 'study']
 
 
 def public_functions(mod):
