@@ -23,7 +23,7 @@ __all__ = ['POSITIONS', 'CLICK_JS', 'RESIDUAL_HOOKS', 'site_saes', 'splice_saes'
            'effects_agreement', 'Circuit', 'circuit_nodes', 'circuit_edges', 'family_circuit', 'family_circuits',
            'circuit_layout', 'plot_circuit', 'circuit_view', 'circuit_html', 'firing_rates', 'matched_controls',
            'heldout_interventions', 'intervention_table', 'agreement_claim', 'circuit_claim', 'intervention_claim',
-           'sparse_probing', 'topk_share', 'circuit_sites', 'circuit_subset', 'add_claims']
+           'sparse_probing', 'topk_share', 'circuit_sites', 'circuit_subset']
 
 # %% ../nbs/09b_circuits.ipynb #50d234f6
 def site_saes(model,  # a `HookedTransformer`
@@ -675,18 +675,3 @@ def circuit_subset(pairs,  # an `actlab.tasks.PairSet`
     df = pairs.df.groupby(['corruption_type', 'suffix_length'], group_keys=False).apply(
         lambda g: g.sample(min(per_cell, len(g)), random_state=seed))
     return pairs.filter(example_id=df.example_id.tolist())
-
-def add_claims(path,  # the claims file (`<results>/claims.json`)
-               claims: Sequence[Claim],  # `Claim`s (or their dicts) to add
-               ) -> dict:
-    "Add `claims` to the `{'claims': [...]}` file at `path` (created if missing), replacing same-name entries and keeping the rest."
-    import json
-    from pathlib import Path
-    from actlab.core import atomic_write
-    p = Path(path)
-    old = json.loads(p.read_text()).get('claims', []) if p.exists() else []
-    new = [c.to_dict() if isinstance(c, Claim) else dict(c) for c in claims]
-    names = {c['name'] for c in new}
-    out = dict(claims=[c for c in old if c.get('name') not in names] + new)
-    atomic_write(p, json.dumps(out, indent=2))
-    return out

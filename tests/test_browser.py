@@ -176,32 +176,6 @@ def _open_and_run_all(page, url, token, name):
     page.get_by_role('menuitem', name='Run', exact=True).click()
     page.get_by_text('Run All Cells', exact=True).click()
 
-def test_jupyterlab_real_dashboards_react(browser, jupyterlab):
-    "nbs/10_dashboards.ipynb run in JupyterLab: changing the first dropdown of a dashboard redraws its view"
-    url, token, root = jupyterlab
-    page = _page(browser, [])
-    try:
-        _open_and_run_all(page, url, token, DASHBOARDS_NB.name)
-        dash = page.locator('.jp-OutputArea .actlab-dashboard').first
-        dash.wait_for(state='visible', timeout=300_000)
-        select = dash.locator('select').first
-        select.wait_for(state='visible', timeout=30_000)
-        page.wait_for_timeout(1000)
-        before = dash.evaluate(_VIEW_JS)
-        opts = select.locator('option').evaluate_all('os => os.map(o => o.value)')
-        select.select_option(next(o for o in opts if o != select.input_value()))
-        handle = dash.element_handle()
-        page.wait_for_function(f'([el, b]) => ({_VIEW_JS})(el) !== b', arg=[handle, before], timeout=60_000)
-        dash.scroll_into_view_if_needed()
-        ARTIFACTS.mkdir(parents=True, exist_ok=True)
-        page.screenshot(path=str(ARTIFACTS / 'jupyterlab_10_dashboards.png'))
-    except Exception:
-        ARTIFACTS.mkdir(parents=True, exist_ok=True)
-        page.screenshot(path=str(ARTIFACTS / 'jupyterlab_10_dashboards_failure.png'))
-        raise
-    finally: page.close()
-
-
 # --- the study's report and the standalone dashboards of a real (small) run, and the live notebook's linked views ---
 SCREENSHOTS = ROOT / 'docs_src' / 'screenshots'   # referenced by README.md (nbs/index.ipynb): rewritten by every browser run
 _OVERFLOW_JS = '() => [document.documentElement.scrollWidth, document.documentElement.clientWidth]'
@@ -311,8 +285,8 @@ def test_standalone_dashboards_linked_and_fit(browser, study_run):
 
 
 def test_jupyterlab_linked_dashboard_after_run_all(browser, jupyterlab):
-    "nbs/10_dashboards.ipynb, Run All in JupyterLab: no widget left in an error state, no sideways scroll at 1400 px, and a feature "
-    "chosen in the example browser shows in the feature browser (the kernel's link)."
+    "nbs/10_dashboards.ipynb, Run All in JupyterLab: no widget left in an error state, no sideways scroll at 1400 px, a feature "
+    "chosen in the example browser shows in the feature browser (the kernel's link), and a dashboard's dropdown redraws its view."
     url, token, root = jupyterlab
     page = _page(browser, [])
     errors = []
@@ -344,6 +318,16 @@ def test_jupyterlab_linked_dashboard_after_run_all(browser, jupyterlab):
         linked.screenshot(path=str(SCREENSHOTS / 'dashboard.png'))
         page.screenshot(path=str(ARTIFACTS / 'jupyterlab_linked.png'))
         assert not [e for e in errors if 'widget' in e.lower()], errors
+        # the same Run All (one run of the notebook, not two): changing the first dashboard's first dropdown redraws its view
+        dash = page.locator('.jp-OutputArea .actlab-dashboard').first
+        dash.scroll_into_view_if_needed()
+        select = dash.locator('select').first
+        select.wait_for(state='visible', timeout=30_000)
+        before = dash.evaluate(_VIEW_JS)
+        opts = select.locator('option').evaluate_all('os => os.map(o => o.value)')
+        select.select_option(next(o for o in opts if o != select.input_value()))
+        page.wait_for_function(f'([el, b]) => ({_VIEW_JS})(el) !== b', arg=[dash.element_handle(), before], timeout=60_000)
+        page.screenshot(path=str(ARTIFACTS / 'jupyterlab_10_dashboards.png'))
     except Exception:
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
         page.screenshot(path=str(ARTIFACTS / 'jupyterlab_linked_failure.png'))
