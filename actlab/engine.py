@@ -17,7 +17,7 @@ from jaxtyping import Float, Int
 from .core import Config, ConfigError, check
 from .extract import ExtractConfig, extract as _extract
 from .store import ActivationStore, combine
-from .patching import PatchingConfig, PatchingResult, GroupResult, SweepResult, sweep, classify, _PAIR_COLS
+from .patching import PatchingConfig, PatchingResult, SweepResult, sweep, patching_result
 
 # %% auto #0
 __all__ = ['ENGINES', 'EngineConfig', 'ray_module', 'ray_session', 'map_shards', 'split_rows', 'patch', 'patch_pairs',
@@ -170,7 +170,6 @@ def patch_pairs(model,  # a HookedTransformer (this process's copy: classifies, 
     "`actlab.patching.patch_pairs`, each equal-length group's rows split into shards that `engine` runs."
     from actlab.patching import patch_pairs as _local
     if engine.trivial: return _local(model, pairs, cfg)
-    from actlab.rescue import site_aliases, canonical_index
     gs = pairs.groups()
     pieces, shards = [], []
     for gi, g in enumerate(gs):
@@ -180,19 +179,8 @@ def patch_pairs(model,  # a HookedTransformer (this process's copy: classifies, 
             rt = torch.as_tensor(r)
             pieces.append(gi); shards.append(((clean[rt], corrupted[rt], a[rt], d[rt], cfg), {}))
     res = map_shards(engine, model, _sweep_shard, shards, spec, device)
-    groups = []
-    for gi, g in enumerate(gs):  # as actlab.patching.patch_pairs from here on
-        sw = _cat_sweeps([r for p, r in zip(pieces, res) if p == gi])
-        toks = [[pairs.tokenizer.convert_ids_to_tokens(int(t)) for t in row] for row in g.tokens('corrupted')]
-        groups.append(GroupResult(g.df.example_id.to_numpy(), toks, sw))
-    result = PatchingResult(groups, pd.DataFrame(), cfg, model.cfg.n_layers, model.cfg.n_heads)
-    result.aliases = site_aliases(result, tol=cfg.alias_tol)
-    rows = []
-    for g, gr in zip(gs, groups):
-        tab = classify(model, gr.sweep, cfg, canonical=canonical_index(result.aliases, seq=len(gr.str_tokens[0])))
-        rows.append(pd.concat([g.df[[c for c in _PAIR_COLS if c in g.df]], tab], axis=1))
-    result.df = pd.concat(rows, ignore_index=True).sort_values('example_id', ignore_index=True)
-    return result
+    sweeps = [_cat_sweeps([r for p, r in zip(pieces, res) if p == gi]) for gi in range(len(gs))]
+    return patching_result(model, gs, sweeps, cfg)  # as actlab.patching.patch_pairs from here on
 
 # %% ../nbs/06b_engine.ipynb #e0000023
 def parts_folder(path: str | Path,  # the combined store folder

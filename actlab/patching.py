@@ -39,8 +39,8 @@ __all__ = ['SITES', 'HEAD_ACTS', 'METHODS', 'PATCH_METRICS', 'DIRECTIONS', 'PATC
            'get_act_patch_attn_head_all_pos_every', 'get_act_patch_attn_head_by_pos_every', 'get_act_patch_block_every',
            'tiny_model', 'logit_diff_from_resid', 'prompt_logit_diff', 'n_site_heads', 'site_shape', 'resolve_metric',
            'per_example_patch', 'metric_from_resid', 'degenerate_mask', 'rescue_scores', 'SweepResult', 'sweep',
-           'site_label', 'site_kind', 'classify', 'GroupResult', 'PatchingResult', 'patch_pairs', 'heatmap_layer_pos',
-           'heatmap_layer_pos_by_family', 'heatmap_layer_head', 'heatmap_layer_head_by_family']
+           'site_label', 'site_kind', 'classify', 'GroupResult', 'PatchingResult', 'patch_pairs', 'patching_result',
+           'heatmap_layer_pos', 'heatmap_layer_pos_by_family', 'heatmap_layer_head', 'heatmap_layer_head_by_family']
 
 # %% ../nbs/04_patching.ipynb #7cf225ea
 SITES: dict[str, tuple[str, tuple[str, ...]]] = {
@@ -959,13 +959,19 @@ def patch_pairs(model: HookedTransformer,  # the model to patch
                 cfg: PatchingConfig = PatchingConfig(),  # sites, methods, metric, direction and budget
                ) -> PatchingResult:
     "Phase B: sweep every equal-length group of `pairs` (an `actlab.tasks.PairSet`), find the sites that are the same patch, classify every example."
+    parts = pairs.groups()
+    sweeps = [sweep(model, g.tokens('clean'), g.tokens('corrupted'), g.answer_ids, g.distractor_ids, cfg) for g in parts]
+    return patching_result(model, parts, sweeps, cfg)
+
+def patching_result(model: HookedTransformer,  # the model that was patched
+                    parts: Sequence,  # the equal-length groups (`PairSet.groups()`) that were swept
+                    sweeps: Sequence[SweepResult],  # their sweeps, one per group (in one process or gathered from shards)
+                    cfg: PatchingConfig,  # the config they were swept with
+                   ) -> PatchingResult:
+    "The `PatchingResult` of swept groups: the sites that are the same patch found once, every example classified."
     from actlab.rescue import site_aliases, canonical_index
-    groups, parts = [], []
-    for g in pairs.groups():
-        clean, corrupted = g.tokens('clean'), g.tokens('corrupted')
-        res = sweep(model, clean, corrupted, g.answer_ids, g.distractor_ids, cfg)
-        toks = [[pairs.tokenizer.convert_ids_to_tokens(int(t)) for t in row] for row in corrupted]
-        groups.append(GroupResult(g.df.example_id.to_numpy(), toks, res)); parts.append(g)
+    groups = [GroupResult(g.df.example_id.to_numpy(), [[g.tokenizer.convert_ids_to_tokens(int(t)) for t in row] for row in g.tokens('corrupted')], sw)
+              for g, sw in zip(parts, sweeps)]
     result = PatchingResult(groups, pd.DataFrame(), cfg, model.cfg.n_layers, model.cfg.n_heads)
     result.aliases = site_aliases(result, tol=cfg.alias_tol)
     rows = []
