@@ -172,3 +172,22 @@ def test_saved_data_never_runs_code_from_the_file(tmp_path):
     with pytest.raises(DashboardInputError, match='not an actlab class'): load_dashboard_data(tmp_path)
     write({'__dict__': [['version', 2], ['data', {'__dc__': 'actlab.core:check', 'fields': {}}]]})
     with pytest.raises(DashboardInputError, match='not an actlab dataclass'): load_dashboard_data(tmp_path)
+
+
+def test_circuit_tab_node_click_opens_the_feature(setup):
+    "A click on a feature node of the dashboard's SAE opens it in the feature browser; an error node says why it cannot."
+    from actlab.circuits import site_saes, feature_effects, family_circuit
+    from actlab.dashboards import circuit_tab
+    model, pairs, sae, data = setup
+    cp = pairs.filter(corruption_type=['junk_words'], suffix_length=[4, 8])
+    saes = {data.fa.hook_name: sae, **site_saes(model, cp, ['blocks.3.hook_resid_pre'], steps=100)}
+    c = family_circuit(model, saes, cp, feature_effects(model, saes, cp), 'junk_words', n_nodes=3, n_boot=100)
+    ct = circuit_tab(data, c)
+    tr = next(t for t in ct.view.data if t.name == 'nodes')
+    i = next(i for i, (s, f) in enumerate(tr.customdata) if s == data.fa.hook_name and f != 'error')
+    class Points: point_inds = [i]
+    ct.view._actlab_click(tr, Points, None)  # what plotly calls on a click on that node
+    assert ct.browser.feature.value == int(tr.customdata[i][1]) and ct.note.value == ''
+    Points.point_inds = [next(i for i, (s, f) in enumerate(tr.customdata) if f == 'error')]
+    ct.view._actlab_click(tr, Points, None)
+    assert 'error node' in ct.note.value
