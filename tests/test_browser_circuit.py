@@ -3,34 +3,14 @@ served on 127.0.0.1 with every other request blocked. A click on a node must cal
 (the hook the dashboards' feature browser uses) with that node's site and feature, and show it on the page.
 Run: OMP_NUM_THREADS=1 .venv/bin/python -m pytest tests/test_browser_circuit.py -q
 """
-import functools, http.server, os, subprocess, sys, threading
+import functools, http.server, os, threading
 from pathlib import Path
 import pytest
 
 os.environ.setdefault('ACTLAB_NO_TRAIN', '1')
 ROOT = Path(__file__).resolve().parents[1]
-CHROMIUM = os.environ.get('ACTLAB_CHROMIUM', '/usr/bin/chromium')
 ARTIFACTS = ROOT / 'tests' / 'artifacts'
-ARGS = ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-component-update',
-        '--no-first-run', '--disable-sync', '--disable-dev-shm-usage']
-
-def _importable(mod):
-    import importlib.util
-    return importlib.util.find_spec(mod) is not None
-
-@pytest.fixture(scope='module')
-def browser(tmp_path_factory):
-    if not Path(CHROMIUM).exists() or not _importable('playwright'):
-        r = subprocess.run(['bash', str(ROOT / 'scripts' / 'install_browser.sh')], capture_output=True, text=True,
-                           env={**os.environ, 'PYTHON': sys.executable})
-        if r.returncode or not Path(CHROMIUM).exists() or not _importable('playwright'):
-            pytest.skip(f'Chromium/Playwright cannot be installed here (scripts/install_browser.sh: {(r.stderr or r.stdout).strip()[-300:]})')
-    from playwright.sync_api import sync_playwright
-    with sync_playwright() as p:
-        ctx = p.chromium.launch_persistent_context(str(tmp_path_factory.mktemp('chromium-profile')), executable_path=CHROMIUM,
-                                                   headless=True, args=ARGS, viewport={'width': 1100, 'height': 700})
-        yield ctx
-        ctx.close()
+from test_browser import browser  # noqa: E402,F401,F811  (the one Chromium fixture: installs it if missing, skips where it cannot)
 
 @pytest.fixture(scope='module')
 def circuit_page(tmp_path_factory):
