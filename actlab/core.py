@@ -26,7 +26,7 @@ import yaml
 # %% auto #0
 __all__ = ['T', 'ConfigError', 'check', 'Config', 'seed_everything', 'state_dict_hash', 'atomic_write', 'atomic_path',
            'atomic_write_json', 'file_sha256', 'ensure_file', 'package_versions', 'write_manifest', 'default_device',
-           'check_device']
+           'check_device', 'current_rss_mb', 'PeakMemory']
 
 # %% ../nbs/00_core.ipynb #ef42be26
 T = TypeVar('T', bound='Config')
@@ -279,3 +279,55 @@ def check_device(device: str | None,  # 'cpu', 'cuda', 'cuda:1', 'mps', ... or N
     elif d.type not in ('cpu', 'cuda', 'mps', 'meta'):
         raise ConfigError(f"{where}: device type {d.type!r} is not supported; use 'cpu' or 'cuda'")
     return device
+
+# %% ../nbs/00_core.ipynb #pkmem002
+import threading
+
+# %% ../nbs/00_core.ipynb #pkmem003
+def current_rss_mb() -> float | None:
+    "This process's resident memory now, in MiB (from /proc on Linux, else psutil if installed, else None)."
+    try:
+        with open('/proc/self/statm') as f: return int(f.read().split()[1]) * os.sysconf('SC_PAGE_SIZE') / 2**20
+    except (OSError, ValueError, IndexError, AttributeError): pass
+    try:
+        import psutil
+        return psutil.Process().memory_info().rss / 2**20
+    except Exception: return None
+
+def _hwm_mb() -> float | None:
+    "The kernel's peak resident memory of this process (VmHWM) in MiB, or None where /proc has no such line."
+    try:
+        with open('/proc/self/status') as f:
+            for line in f:
+                if line.startswith('VmHWM:'): return int(line.split()[1]) / 1024
+    except (OSError, ValueError, IndexError): pass
+    return None
+
+def _reset_hwm() -> bool:
+    "Reset the kernel's peak-RSS mark of this process (Linux >= 4.0); False where that is not allowed."
+    try:
+        with open('/proc/self/clear_refs', 'w') as f: f.write('5')
+        return True
+    except OSError: return False
+
+class PeakMemory:
+    "Context manager: `peak_mb`, the most resident memory (MiB) this process held inside the block; `cuda_peak_mb` with a GPU."
+    def __init__(self, interval: float = 0.02):  # seconds between samples where the kernel's mark cannot be reset
+        self.interval, self.peak_mb, self.cuda_peak_mb, self.exact = interval, None, None, False
+    def _sample(self):
+        while not self._stop.wait(self.interval):
+            now = current_rss_mb()
+            if now is not None: self.peak_mb = max(self.peak_mb or 0.0, now)
+    def __enter__(self):
+        self.exact = _reset_hwm() and _hwm_mb() is not None
+        self.peak_mb = current_rss_mb()
+        if torch.cuda.is_available(): torch.cuda.reset_peak_memory_stats()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True); self._thread.start()
+        return self
+    def __exit__(self, *exc):
+        self._stop.set(); self._thread.join()
+        now = [v for v in (current_rss_mb(), _hwm_mb() if self.exact else None, self.peak_mb) if v is not None]
+        self.peak_mb = round(max(now), 1) if now else None
+        if torch.cuda.is_available(): self.cuda_peak_mb = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+        return False

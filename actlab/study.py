@@ -15,7 +15,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from .core import Config, ConfigError, check, check_device, write_manifest, seed_everything, atomic_write, atomic_path, ensure_file
+from .core import Config, ConfigError, PeakMemory, check, check_device, write_manifest, seed_everything, atomic_write, atomic_path, ensure_file
 from .tasks import TaskConfig, make_pairs
 from .models import load_model, builtin_corpus
 from .metrics import split_halves
@@ -524,8 +524,16 @@ def run_study(cfg: StudyConfig = StudyConfig(),  # the study: task, model, phase
     rep = Report(f'actlab study {cfg.name!r}')
     bar = tqdm(total=len(cfg.phases), desc='study', disable=not progress)
     claims = []  # every phase's claims (actlab.metrics.Claim), written to claims.json as each phase finishes
+    meter, peak_rss, cuda_peak = None, {}, {}  # per phase: the process's peak resident memory (MiB, model included)
+    def start(desc):
+        nonlocal meter
+        bar.set_description(desc); meter = PeakMemory().__enter__()
+        return time.time()
     def finish(phase, t0, **entries):
         timings[phase] = round(time.time() - t0, 2); done.append(phase); rec.update(entries); bar.update(1)
+        meter.__exit__(None, None, None); peak_rss[phase] = meter.peak_mb
+        if meter.cuda_peak_mb is not None: cuda_peak[phase] = meter.cuda_peak_mb
+        rec.update(peak_rss_mb=peak_rss, **({'cuda_peak_mb': cuda_peak} if cuda_peak else {}))
         atomic_write(folder / 'claims.json', json.dumps({'claims': [c.to_dict() for c in claims]}, indent=2))
         rec['claims'] = [dict(name=c.name, holds=bool(c.holds)) for c in claims]
         write_manifest(folder, fresh=True, study=cfg, phases=done, seconds=timings, **rec)  # this run's entries only
@@ -539,7 +547,7 @@ def run_study(cfg: StudyConfig = StudyConfig(),  # the study: task, model, phase
           f"over families {list(cfg.task.families)} and suffix lengths {list(cfg.task.suffix_lengths)}.")
 
     # phase A: baseline
-    t0 = time.time(); bar.set_description('study: A baseline')
+    t0 = start('study: A baseline')
     scores = evaluate_pairs(model, pairs)
     table = condition_table(scores)
     claims.extend(phenomenon_claims(table))
@@ -554,7 +562,7 @@ def run_study(cfg: StudyConfig = StudyConfig(),  # the study: task, model, phase
     if 'patching' not in cfg.phases: return _close(bar, folder)
 
     # phase B: patching
-    t0 = time.time(); bar.set_description('study: B patching')
+    t0 = start('study: B patching')
     res = _engine.patch_pairs(model, pairs, cfg.patching, cfg.engine, **_engine.study_spec(cfg))  # = patch_pairs with engine 'local', 1 shard
     _save(res.df, folder / 'patching_examples.parquet')
     summary = res.summary(); _save(summary, folder / 'patching_summary.csv')
@@ -573,7 +581,7 @@ def run_study(cfg: StudyConfig = StudyConfig(),  # the study: task, model, phase
         check_class_sizes(cfg, res.df.survives.to_numpy(bool)[_ok])
 
     # phase C: extraction of the implicated sites
-    t0 = time.time(); bar.set_description('study: C extraction')
+    t0 = start('study: C extraction')
     probe_site = cfg.probes.site or _last_block_in(model)  # upstream of the last layer: an answer there can go unread
     sae_site = cfg.sae.site or _last_block_in(model)
     fallback_site = None if cfg.probes.site else _last_resid(model)  # the ternary labels' site when the upstream decoder cannot read
@@ -596,7 +604,7 @@ def run_study(cfg: StudyConfig = StudyConfig(),  # the study: task, model, phase
     if 'probes' not in cfg.phases: return _close(bar, folder)
 
     # phase D: probes, ternary labels
-    t0 = time.time(); bar.set_description('study: D probes')
+    t0 = start('study: D probes')
     meta = store.metadata()
     X, Xc = store.numpy(probe_site, flatten=True), store.numpy(f'clean/{probe_site}', flatten=True)
     # rows flagged `nonfinite` (or with NaN/inf activations here, or no survival label) get no label: excluded, and counted
@@ -661,7 +669,7 @@ def run_study(cfg: StudyConfig = StudyConfig(),  # the study: task, model, phase
     if 'sae' not in cfg.phases: return _close(bar, folder)
 
     # phase D: SAE
-    t0 = time.time(); bar.set_description('study: D SAE')
+    t0 = start('study: D SAE')
     run_dir = folder / 'saes' / _safe(sae_site)
     rep.h(f'D. SAE on {sae_site}')
     if cfg.sae.pretrained_release:
@@ -705,7 +713,7 @@ def run_study(cfg: StudyConfig = StudyConfig(),  # the study: task, model, phase
     if 'features' not in cfg.phases: return _close(bar, folder)
 
     # phase E: features and circuits
-    t0 = time.time(); bar.set_description('study: E features')
+    t0 = start('study: E features')
     rep.h('E. Features: which carry the answer, which junk the suffixes switch on, and a rescue')
     from actlab.features import (pair_feature_acts, suppressed_features, plot_suppressed, junk_features, plot_junk,
                                  rescue_by_cell, plot_rescue)
