@@ -15,6 +15,7 @@ import platform
 import datetime
 import typing
 import tempfile
+import threading
 from dataclasses import fields, is_dataclass
 from pathlib import Path
 from typing import TypeVar
@@ -279,9 +280,6 @@ def check_device(device: str | None,  # 'cpu', 'cuda', 'cuda:1', 'mps', ... or N
     elif d.type not in ('cpu', 'cuda', 'mps', 'meta'):
         raise ConfigError(f"{where}: device type {d.type!r} is not supported; use 'cpu' or 'cuda'")
     return device
-
-# %% ../nbs/00_core.ipynb #pkmem002
-import threading
 
 # %% ../nbs/00_core.ipynb #pkmem003
 def current_rss_mb() -> float | None:
