@@ -1,4 +1,5 @@
-"""Put the benchmark table from bench/results.json (written by bench/run_all.py) into the README's performance section.
+"""Put the benchmark table from bench/results.json (written by bench/run_all.py) and the scale table from bench/scale.json
+(written by bench/scale_bench.py) into the README's performance section.
 
     python bench/run_all.py --only extract_saelens_bench.py ...   # writes bench/results.json
     python bench/render_perf.py                                   # rewrites the table in nbs/index.ipynb, then README.md
@@ -12,6 +13,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 START, END = '<!-- bench:start -->', '<!-- bench:end -->'
+SCALE_START, SCALE_END = '<!-- scale:start -->', '<!-- scale:end -->'
 
 
 def render(results: dict) -> str:
@@ -30,9 +32,35 @@ def render(results: dict) -> str:
     return '\n'.join(lines)
 
 
+def render_scale(scale: dict) -> str:
+    "The scale section from bench/scale.json (written by bench/scale_bench.py): per phase, time and memory at each size, the slope."
+    import math
+    runs = scale['runs']; n = [r['n_pairs'] for r in runs]; tol = scale['tol']
+    lines = [f"Time and peak memory of each phase of `configs/default.yaml` at {' / '.join(map(str, n))} pairs "
+             f"({' / '.join(f'{k}x' for k in scale['scales'])} of {scale['base_per_cell']} pairs per cell), each run in a fresh process "
+             f"(`{scale['command']}`, {scale['date']}, load average {scale['load_before']:.1f} when it started). "
+             f"The slope is the log-log slope between the two largest runs; a phase grows no worse than linearly when it is "
+             f"at most {1 + tol:.2f}.", '',
+             '| phase | ' + ' | '.join(f'seconds, {k} pairs' for k in n) + ' | time slope | ' +
+             ' | '.join(f'peak MiB, {k} pairs' for k in n) + ' | memory slope | linear or better |',
+             '|---|' + '---|' * (2 * len(n) + 3)]
+    slope = lambda key, ph: math.log(runs[-1][key][ph] / runs[-2][key][ph]) / math.log(n[-1] / n[-2])
+    for ph in runs[-1]['seconds']:
+        st, sm = slope('seconds', ph), slope('peak_rss_mb', ph)
+        lines.append(f"| {ph} | " + ' | '.join(f"{r['seconds'][ph]:.1f}" for r in runs) + f" | {st:.2f} | " +
+                     ' | '.join(f"{r['peak_rss_mb'][ph]:.0f}" for r in runs) + f" | {sm:.2f} | {'yes' if max(st, sm) <= 1 + tol else 'NO'} |")
+    lines += ['', '![time and peak memory per phase against the number of pairs](docs_src/screenshots/scale.png)']
+    return '\n'.join(lines)
+
+
+def _replace(src: str, start: str, end: str, body: str) -> str:
+    return re.sub(re.escape(start) + r'.*?' + re.escape(end), lambda m: f'{start}\n{body}\n{end}', src, flags=re.S)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument('--results', default=str(ROOT / 'bench' / 'results.json'))
+    ap.add_argument('--scale', default=str(ROOT / 'bench' / 'scale.json'))
     ap.add_argument('--check', action='store_true')
     a = ap.parse_args()
     table = render(json.loads(Path(a.results).read_text()))
@@ -41,9 +69,10 @@ def main():
     cell = next((c for c in nb['cells'] if START in ''.join(c['source'])), None)
     if cell is None: sys.exit(f'no cell of {p} holds {START} ... {END}')
     src = ''.join(cell['source'])
-    new = re.sub(re.escape(START) + r'.*?' + re.escape(END), lambda m: f'{START}\n{table}\n{END}', src, flags=re.S)
+    new = _replace(src, START, END, table)
+    if SCALE_START in new and Path(a.scale).exists(): new = _replace(new, SCALE_START, SCALE_END, render_scale(json.loads(Path(a.scale).read_text())))
     if a.check:
-        if new != src: sys.exit('FAIL: the performance table in nbs/index.ipynb is not bench/results.json: run python bench/render_perf.py')
+        if new != src: sys.exit('FAIL: the performance tables in nbs/index.ipynb are not bench/results.json and bench/scale.json: run python bench/render_perf.py')
         print('performance table is current'); return
     cell['source'] = new.splitlines(True)
     p.write_text(json.dumps(nb, indent=1, ensure_ascii=False) + '\n')

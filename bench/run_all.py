@@ -142,7 +142,16 @@ def parse_gpu_smoke(out: str) -> list[dict]:
     return [_row('gpu_smoke', f"CUDA: {k}", v.get('seconds'), v.get('note', ''), 'runs', v.get('ok')) for k, v in r['phases'].items()]
 
 
-PARSERS = {'extract_saelens_bench.py': parse_extract_saelens, 'probes_fair_bench.py': parse_probes_fair,
+def parse_scale(out: str) -> list[dict]:
+    r = _result(out)
+    if r is None: return []
+    a, b = r['n_pairs'][-2:]
+    return [_row('scale_bench', f"{row['quantity']} of phase {row['phase']}: log-log slope from {a} to {b} pairs", row['slope'],
+                 f"the same phase at {a} pairs (slope 1 = linear)", f"<= {1 + r['tol']:.2f}", row['holds'])
+            for row in r['rows']]
+
+
+PARSERS = {'scale_bench.py': parse_scale, 'extract_saelens_bench.py': parse_extract_saelens, 'probes_fair_bench.py': parse_probes_fair,
            'sae_saelens_bench.py': parse_sae_saelens, 'gpu_smoke.py': parse_gpu_smoke,
            'patching_bench.py': parse_patching, 'extract_bench.py': parse_extract, 'probes_bench.py': parse_probes,
            'saes_bench.py': parse_saes, 'atp_bench.py': parse_atp, 'path_bench.py': parse_path}
