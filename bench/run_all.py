@@ -151,6 +151,20 @@ def parse_scale(out: str) -> list[dict]:
             for row in r['rows']]
 
 
+def scale_rows(path: Path) -> list[dict]:
+    "The scale bench's rows from the file it wrote (bench/scale.json), with its own command and date; [] if there is none."
+    import json
+    if not path.exists(): return []
+    sys.path.insert(0, str(HERE))
+    try: import scale_bench
+    finally: sys.path.remove(str(HERE))
+    res = json.loads(path.read_text())
+    out = 'RESULT ' + json.dumps(dict(n_pairs=[r['n_pairs'] for r in res['runs']], tol=res['tol'], rows=scale_bench.verdicts(res['runs'], res['tol'])))
+    hw = dict(hardware(), **{k: v for k, v in res.get('hardware', {}).items() if k in ('cpus', 'omp_threads', 'torch')})
+    return [dict(r, command=res['command'], date=res['date'], mode=f"1x = {res['base_per_cell']} per cell", hardware=hw)
+            for r in parse_scale(out)]
+
+
 PARSERS = {'scale_bench.py': parse_scale, 'extract_saelens_bench.py': parse_extract_saelens, 'probes_fair_bench.py': parse_probes_fair,
            'sae_saelens_bench.py': parse_sae_saelens, 'gpu_smoke.py': parse_gpu_smoke,
            'patching_bench.py': parse_patching, 'extract_bench.py': parse_extract, 'probes_bench.py': parse_probes,
@@ -205,6 +219,8 @@ def main(argv=None) -> int:
     ap.add_argument('--log-dir', default=None, help='keep each bench output here')
     ap.add_argument('--timeout', type=int, default=3600, help='seconds per bench')
     ap.add_argument('--results', default=str(HERE / 'results.json'), help='write the rows, hardware and commands here (read by bench/render_perf.py)')
+    ap.add_argument('--with-scale', action='store_true', help='with --full: also rerun bench/scale_bench.py at the default base (hours)')
+    ap.add_argument('--scale', default=str(HERE / 'scale.json'), help='with --full and no --with-scale: the scale rows come from this file')
     a = ap.parse_args(argv)
     benches = sorted(p for p in HERE.glob('*.py') if p.name != Path(__file__).name and not p.name.startswith('_'))
     if a.only: benches = [p for p in benches if p.name in a.only]
@@ -212,6 +228,11 @@ def main(argv=None) -> int:
     log_dir = Path(a.log_dir or tempfile.mkdtemp(prefix='actlab-bench-')); log_dir.mkdir(parents=True, exist_ok=True)
     rows = []
     for p in benches:
+        if a.full and p.name == 'scale_bench.py' and not a.with_scale:  # hours at the default base: its own run, read back here
+            r = scale_rows(Path(a.scale))
+            print(f'scale_bench: {len(r)} rows read from {a.scale} (rerun it with --with-scale, or alone: python bench/scale_bench.py)',
+                  file=sys.stderr, flush=True)
+            rows += r; continue
         print(f'running {p.name} ({"full" if a.full else "--quick"}) ...', file=sys.stderr, flush=True)
         r, secs = run_one(p, a.full, log_dir, a.timeout)
         print(f'  {secs:.0f} s', file=sys.stderr, flush=True)
@@ -221,8 +242,8 @@ def main(argv=None) -> int:
     hw = hardware()
     prev = json.loads(Path(a.results).read_text()) if Path(a.results).exists() else {}
     keep = [r for r in prev.get('rows', []) if r['bench'] not in {p.stem for p in benches}]  # rows of benches not rerun now
-    Path(a.results).write_text(json.dumps(dict(rows=keep + [dict(r, hardware=hw, mode='full' if a.full else 'quick',
-                                                                  date=datetime.date.today().isoformat()) for r in rows],
+    Path(a.results).write_text(json.dumps(dict(rows=keep + [dict(dict(hardware=hw, mode='full' if a.full else 'quick',
+                                                                  date=datetime.date.today().isoformat()), **r) for r in rows],
                                                command=' '.join(['python', 'bench/run_all.py'] + (argv or sys.argv[1:]))), indent=1))
     print(f"hardware: {hw['cpu']}, {hw['cpus']} CPUs, OMP_NUM_THREADS={hw['omp_threads']}, torch {hw['torch']}, CUDA {hw['cuda']}")
     print(f'rows written to {a.results} (python bench/render_perf.py puts them into the README)')
