@@ -110,6 +110,14 @@ def arrow_field(name: str,  # the column name
     "An Arrow field for an activation column; a bfloat16 column's field carries `actlab.dtype: bfloat16` in its metadata."
     return pa.field(name, arr.type, metadata={BF16_KEY: b'bfloat16'} if dtype == 'bfloat16' else None)
 
+def _bits_column(table: pa.Table, name: str) -> pa.Table:
+    "`table` with its uint16 column `name` re-typed, bits unchanged, as the 16-bit float container Parquet stores in 2 bytes a value."
+    col = table[name]
+    width = col.type.list_size
+    chunks = [pa.FixedSizeListArray.from_arrays(ch.flatten().view(pa.float16()), width) for ch in col.chunks]
+    new = pa.chunked_array(chunks, type=pa.list_(pa.float16(), width))
+    return table.set_column(table.column_names.index(name), arrow_field(name, new, 'bfloat16'), new)
+
 def _check_dtype(dtype: str, what: str = 'dtype'):
     if dtype not in STORE_DTYPES:
         raise StoreError(f"{what} must be one of {', '.join(map(repr, STORE_DTYPES))}, got {dtype!r}")
@@ -343,15 +351,14 @@ class StoreWriter:
         "Write shard `j` atomically (temporary file, flush, `os.replace`) and record it in the manifest."
         if table.num_rows != len(self.rows_of(j)):
             raise StoreError(f"shard {j} must have {len(self.rows_of(j))} rows, got {table.num_rows}")
-        for c, sp in self.identity['columns'].items():  # bfloat16 goes to disk as uint16 bits (`to_bf16_bits`), nothing else as uint16
+        for c, sp in self.identity['columns'].items():  # a bfloat16 column is given as uint16 bits (`to_bf16_bits`), nothing else is
             if c not in table.column_names or not pa.types.is_fixed_size_list(table.schema.field(c).type): continue
             is_bits = pa.types.is_uint16(table.schema.field(c).type.value_type)
             if is_bits != (sp.get('dtype') == 'bfloat16'):
                 raise StoreError(f"shard {j}: column {c!r} is declared {sp.get('dtype', 'float32')} but holds "
                                  f"{table.schema.field(c).type.value_type}; a bfloat16 column holds its bits, "
                                  "to_arrow(to_bf16_bits(x)), and only a bfloat16 column holds uint16")
-            if is_bits and table.schema.field(c).metadata != {BF16_KEY: b'bfloat16'}:  # the schema says what the bits are
-                table = table.set_column(table.column_names.index(c), arrow_field(c, table[c], 'bfloat16'), table[c])
+            if is_bits: table = _bits_column(table, c)  # on disk: 2 bytes a value, the dtype in the field's metadata
         final = self._file(j)
         tmp = self.data / f'.{final.name}.tmp'
         try:
@@ -484,10 +491,12 @@ class ActivationStore:
                 schema = sch
                 miss = [c for c in self.columns if c not in sch.names]
                 if miss: raise StoreDamagedError(f"shard {s['file']} of {self.path} lacks the activation column(s) {miss}; {self._repair()}")
-                for c, sp in self.columns.items():  # a bfloat16 column is stored as uint16 bits; nothing else is
-                    if pa.types.is_uint16(sch.field(c).type.value_type) != (sp.get('dtype') == 'bfloat16'):
-                        raise StoreDamagedError(f"column {c!r} of {self.path} is {sp.get('dtype')} in the manifest but "
-                                                f"{sch.field(c).type.value_type} in {s['file']}; {self._repair()}")
+                for c, sp in self.columns.items():  # a bfloat16 column's field says so; no other column's does
+                    fld = sch.field(c)
+                    bits = (fld.metadata or {}).get(BF16_KEY) == b'bfloat16' and pa.types.is_float16(fld.type.value_type)
+                    if bits != (sp.get('dtype', 'float32') == 'bfloat16'):
+                        raise StoreDamagedError(f"column {c!r} of {self.path} is {sp.get('dtype', 'float32')} in the manifest but "
+                                                f"{fld.type.value_type} {dict(fld.metadata or {})} in {s['file']}; {self._repair()}")
             elif sch.names != schema.names or any(not (a.type.equals(b.type) or pa.types.is_null(a.type) or pa.types.is_null(b.type))
                                                    for a, b in zip(sch, schema) if a.name in self.columns or pa.types.is_fixed_size_list(a.type)):
                 raise StoreDamagedError(f"shard {s['file']} of {self.path} has another schema than {self.files[0].name} (columns "
@@ -562,12 +571,26 @@ class ActivationStore:
         self._check_col(column)
         m, starts = self.mask(where), self._row_starts()
         cols = [column] + (['token_mask'] if with_mask else [])
+        bits = self.dtype(column) == 'bfloat16'
         for i in (range(len(self.files)) if order is None else order):
             keep = m[starts[i]:starts[i + 1]]
             if not keep.any(): continue
             t = pq.read_table(self.files[i], columns=cols)
             x = from_arrow(t[column], self.shape(column))[keep]
+            if bits: x = x.view(np.uint16)  # bfloat16: its bits, kept in a 16-bit float container on disk
             yield (x, from_arrow(t['token_mask']).astype(bool)[keep]) if with_mask else x
+
+    def disk_bytes(self) -> dict[str, int]:
+        "Bytes on disk per column (compressed Parquet column chunks over every shard), activation and metadata columns."
+        out: dict[str, int] = {}
+        for f in self.files:
+            md = pq.ParquetFile(f).metadata
+            for g in range(md.num_row_groups):
+                for i in range(md.num_columns):
+                    c = md.row_group(g).column(i)
+                    name = c.path_in_schema.removesuffix('.list.element')
+                    out[name] = out.get(name, 0) + c.total_compressed_size
+        return out
 
     def dtype(self,
               column: str,  # an activation column
@@ -707,7 +730,8 @@ class ActivationStore:
         "An iterator of `[batch_size, d_in]` tensors (see `d_in`), shard order shuffled per epoch, mixed by SAELens's `mixing_buffer`."
         from sae_lens.training.mixing_buffer import mixing_buffer
         shape, m = self.shape(column), self.mask(where)
-        dt, pin = self._torch_dtype(column, dtype) if dtype is not None else _TORCH[self.dtype(column)], resolve_pin_memory(pin_memory, device)
+        dt = _TORCH[self.dtype(column)] if dtype is None else _as_torch_dtype(dtype)
+        pin = resolve_pin_memory(pin_memory, device)
         if self.columns[column].get('positions') == 'all' and 'token_mask' in self.metadata_columns:
             n_vec = int(np.stack(self.metadata()['token_mask'].to_numpy()[m]).sum()) if m.any() else 0
         else: n_vec = int(m.sum()) * (shape[0] if self._positional(column) else 1)
@@ -729,15 +753,16 @@ class ActivationStore:
     def to_hf(self,
               columns: Sequence[str] | None = None,  # only these columns (None: all)
               cache_dir: str | None = None,  # `datasets`' cache folder (None: its default)
-              bfloat16_bits: bool = False,  # allow bfloat16 columns, which `datasets` sees as their raw uint16 bits
+              bfloat16_bits: bool = False,  # allow bfloat16 columns, which `datasets` sees as float16 holding their bits
              ):
         "The store as a `datasets.Dataset` (via `Dataset.from_parquet` over the shards)."
         import datasets
         bf = [c for c in (columns or self.columns) if c in self.columns and self.dtype(c) == 'bfloat16']
         if bf and not bfloat16_bits:
             raise StoreError(f"column(s) {bf} are bfloat16, which Arrow and `datasets` cannot represent: they would arrive as "
-                             "raw uint16 bit patterns. Pass bfloat16_bits=True to take them so (decode with "
-                             "actlab.store.bf16_bits_to_tensor / bf16_bits_to_float32), or read them with store.tensor(column)")
+                             "float16 numbers that are really bfloat16 bit patterns. Pass bfloat16_bits=True to take them so "
+                             "(decode with actlab.store.bf16_bits_to_tensor(np.asarray(v, np.float16).view(np.uint16))), "
+                             "or read them with store.tensor(column)")
         return datasets.Dataset.from_parquet([str(f) for f in self.files], columns=list(columns) if columns else None,
                                              cache_dir=cache_dir)
 
