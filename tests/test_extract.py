@@ -299,3 +299,54 @@ def test_bfloat16_model_extracts_float32_close_to_the_float32_model(mp, tmp_path
     np.testing.assert_allclose(y, x, atol=0.1 * np.abs(x).max())  # bfloat16 keeps 8 bits of mantissa
     ld_a, ld_b = (s.metadata().sort_values('example_id').logit_diff_corrupted.to_numpy() for s in (a, b))
     assert np.isfinite(ld_b).all() and np.corrcoef(ld_a, ld_b)[0, 1] > 0.9
+
+
+# --- bfloat16 stores
+@pytest.mark.skipif(not (ROOT / 'data' / 'default_model' / 'config.json').exists(), reason='built-in model not trained yet')
+def test_bfloat16_store_of_the_builtin_model_is_the_float32_store_rounded(tmp_path):
+    "Same model, same pairs: the bfloat16 store holds the float32 store's activations rounded to bfloat16, in half the bytes."
+    from actlab.models import load_saved_model
+    model = load_saved_model(ROOT / 'data' / 'default_model', device='cpu')
+    pairs = make_pairs(TaskConfig(n_per_cell=3), model.tokenizer)
+    L = model.cfg.n_layers
+    cfg = ExtractConfig(hooks=tuple(recipe_sites(model, 1, resid_mid_layers=[L - 1], heads=[(L - 1, 0)])), also_clean=True,
+                        rows_per_shard=64, progress=False)
+    f32 = extract(model, pairs, tmp_path / 'f32', cfg)
+    b16 = extract(model, pairs, tmp_path / 'b16', cfg.replace(dtype='bfloat16'))
+    assert len(b16.activation_columns) == 2 * 3
+    for c in f32.activation_columns:
+        assert b16.dtype(c) == 'bfloat16'
+        assert torch.equal(b16.tensor(c).view(torch.int16), f32.tensor(c).to(torch.bfloat16).view(torch.int16)), c
+    pd.testing.assert_frame_equal(b16.metadata(), f32.metadata())  # labels: computed before storing, the same numbers
+    act = lambda s: sum(v for c, v in s.disk_bytes().items() if c in s.columns)
+    assert 0.45 < act(b16) / act(f32) < 0.55
+
+
+def test_bfloat16_bad_dtype_is_one_line_before_any_work(tmp_path):
+    with pytest.raises(Exception, match="dtype must be one of 'float32', 'float16', 'bfloat16', got 'bf16'"):
+        ExtractConfig(hooks=('blocks.0.hook_resid_pre',), dtype='bf16')
+    bad = tmp_path / 'bad.yaml'; bad.write_text("extraction:\n  dtype: bf16\n")
+    r = subprocess.run([sys.executable, '-m', 'actlab.cli', 'run', str(bad), '--out', str(tmp_path / 'out')],
+                       capture_output=True, text=True, env=ENV)
+    assert r.returncode == 2 and 'Traceback' not in r.stderr, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and "dtype must be one of" in r.stderr
+    assert not (tmp_path / 'out').exists() or not any((tmp_path / 'out').rglob('*.parquet'))
+
+
+def test_probes_read_a_bfloat16_store(mp, tmp_path):
+    "The probes' streaming fit takes the store's bfloat16 batches; it gives the fit of the same values widened to float32."
+    from actlab.probes import L1LogisticProbe
+    model, pairs = mp
+    st = extract(model, pairs, tmp_path / 'b', ExtractConfig(hooks=('blocks.1.hook_resid_pre',), dtype='bfloat16', progress=False))
+    col = 'blocks.1.hook_resid_pre'
+    y = (st.metadata().example_id.to_numpy() % 2 == 0)
+    st.set_labels(pd.DataFrame({'example_id': st.metadata().example_id, 'parity': y.astype(float)}))
+    fits = []
+    for dt in (None, torch.float32):
+        dl = st.dataloader(col, labels=['parity'], batch_size=16, shuffle=False, dtype=dt)
+        assert next(iter(dl))[col].dtype == (dt or torch.bfloat16)
+        fits.append(L1LogisticProbe(solver='torch', tol=1e-4).fit_stream(dl, classes=[0.0, 1.0], x_key=col, y_key='parity'))
+    assert np.abs(fits[1].coef_).sum() > 0  # a real fit, not all-zero weights
+    np.testing.assert_array_equal(fits[0].coef_, fits[1].coef_)
+    X = st.numpy(col)
+    np.testing.assert_array_equal(X, st.tensor(col).float().numpy())
