@@ -350,3 +350,19 @@ def test_probes_read_a_bfloat16_store(mp, tmp_path):
     np.testing.assert_array_equal(fits[0].coef_, fits[1].coef_)
     X = st.numpy(col)
     np.testing.assert_array_equal(X, st.tensor(col).float().numpy())
+
+
+@pytest.mark.skipif(not (ROOT / 'data' / 'default_model' / 'config.json').exists(), reason='built-in model not trained yet')
+def test_gpu_smoke_skips_on_cpu_and_runs_its_rows_on_cpu_when_asked():
+    "bench/gpu_smoke.py: one line and exit 0 without CUDA; with --device cpu the same rows run (the script checked, not the GPU)."
+    script = ROOT / 'bench' / 'gpu_smoke.py'
+    r = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env={**ENV, 'CUDA_VISIBLE_DEVICES': ''})
+    assert r.returncode == 0 and r.stdout.strip().splitlines() == ['gpu_smoke: skipped (no CUDA device visible: torch.cuda.is_available() is False)']
+    r = subprocess.run([sys.executable, str(script), '--device', 'cpu', '--quick', '--n-per-cell', '2', '--sae-steps', '5',
+                        '--skip', 'study', '--skip', 'benches'], capture_output=True, text=True, env={**ENV, 'ACTLAB_NO_TRAIN': '1'})
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    import json
+    rows = json.loads(next(l for l in r.stdout.splitlines() if l.startswith('RESULT '))[7:])['phases']
+    assert {'extract, bfloat16 model and store', 'extract store bytes, bfloat16 / float32', 'bfloat16 store = float32 store rounded',
+            'SAE training from the bfloat16 store', 'engine.patch, 4 local shards'} <= set(rows)
+    assert rows['extract store bytes, bfloat16 / float32']['value'] < 0.55 and rows['bfloat16 store = float32 store rounded']['value'] == 0
