@@ -29,6 +29,11 @@ def _act_bytes(store) -> int:
     return sum(v for c, v in store.disk_bytes().items() if c in store.columns)
 
 
+def _file_bytes(store) -> int:
+    "Bytes on disk of a store's shard files (activations and labels)."
+    return sum(f.stat().st_size for f in store.files)
+
+
 def study_rows(rows: dict, device: str, n_per_cell: int, dtypes: list[str], out: Path):
     "The whole default study on `device`, once per store dtype; per-phase seconds, and the store bytes bfloat16 vs float32."
     from actlab.study import StudyConfig, run_study
@@ -81,7 +86,8 @@ def extract_rows(rows: dict, device: str, n_per_cell: int, out: Path):
     n = sum(f32.tensor(c).numel() for c in f32.columns)
     r = _act_bytes(b16) / _act_bytes(f32)
     rows['extract store bytes, bfloat16 / float32'] = dict(seconds=None, ok=r < 0.55, value=r,
-                                                          note=f'{_act_bytes(b16):,} B vs {_act_bytes(f32):,} B = {r:.3f}')
+                                                          note=f'activation columns {_act_bytes(b16):,} B vs {_act_bytes(f32):,} B = {r:.3f}; '
+                                                               f'whole shards {_file_bytes(b16):,} B vs {_file_bytes(f32):,} B')
     rows['bfloat16 store = float32 store rounded'] = dict(seconds=None, ok=bad <= n * 1e-3, value=bad / n,
                                                           note=f'{bad} of {n:,} values differ in their bits (same model, same pairs)')
     return stores['bfloat16 model and store'], model

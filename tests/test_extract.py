@@ -366,3 +366,16 @@ def test_gpu_smoke_skips_on_cpu_and_runs_its_rows_on_cpu_when_asked():
     assert {'extract, bfloat16 model and store', 'extract store bytes, bfloat16 / float32', 'bfloat16 store = float32 store rounded',
             'SAE training from the bfloat16 store', 'engine.patch, 4 local shards'} <= set(rows)
     assert rows['extract store bytes, bfloat16 / float32']['value'] < 0.55 and rows['bfloat16 store = float32 store rounded']['value'] == 0
+
+
+def test_bfloat16_sharded_extraction_combines_to_the_single_run(mp, tmp_path):
+    "The engine's shards (local here; a Ray run goes through the same combine) keep the dtype; combined = one process, bit for bit."
+    from actlab.engine import EngineConfig, extract as engine_extract
+    model, pairs = mp
+    cfg = ExtractConfig(hooks=('blocks.1.hook_resid_pre', 'blocks.0.attn.hook_z:1'), dtype='bfloat16', rows_per_shard=7, progress=False)
+    one = extract(model, pairs, tmp_path / 'one', cfg)
+    three = engine_extract(model, pairs, tmp_path / 'three', cfg, EngineConfig(num_shards=3))
+    assert three.manifest.get('combined_from') and all(three.dtype(c) == 'bfloat16' for c in three.columns)
+    o1, o3 = (np.argsort(s.metadata().example_id.to_numpy()) for s in (one, three))
+    for c in one.columns:
+        assert torch.equal(one.tensor(c)[o1].view(torch.int16), three.tensor(c)[o3].view(torch.int16)), c
