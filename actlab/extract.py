@@ -21,7 +21,7 @@ from .core import Config, ConfigError, check, state_dict_hash
 from .metrics import correct, logit_diff
 from .capture import capture
 from .tasks import PairSet
-from .store import StoreWriter, ActivationStore, to_arrow
+from .store import StoreWriter, ActivationStore, to_arrow, to_bf16_bits, bf16_finite, STORE_DTYPES
 
 # %% auto #0
 __all__ = ['HEAD_HOOKS', 'NO_POS_HOOKS', 'run', 'HookNameError', 'Site', 'check_sites', 'recipe_sites', 'rescue_table',
@@ -153,7 +153,7 @@ class ExtractConfig(Config):
     mode: str = 'selective'  # 'selective' (hooks on the sites only, stop_at_layer when possible) or 'full' (run_with_cache; pilot)
     positions: str = 'answer'  # 'answer' (last token), 'last_k', or 'all' (padded to the longest prompt, with token_mask)
     k: int = 1  # number of positions for positions='last_k'
-    dtype: str = 'float32'  # 'float32' or 'float16' on disk
+    dtype: str = 'float32'  # on disk: 'float32', 'float16' or 'bfloat16' (half the bytes of float32, float32's range; stored as its bits)
     also_clean: bool = False  # also store the clean prompt's activations, in columns 'clean/<site>'
     compute_labels: bool = True  # run to the logits for logit_diff_clean/corrupted and survives (unless given as labels)
     batch_size: int = 256  # prompts per forward pass
@@ -170,7 +170,7 @@ class ExtractConfig(Config):
         check(self.mode == 'full' or self.hooks, "mode='selective' needs hooks: name them, or use recipe_sites / top_sites")
         check(self.positions in ('answer', 'last_k', 'all'), f"positions must be 'answer', 'last_k' or 'all', got {self.positions!r}")
         check(self.k >= 1, f"k must be >= 1, got {self.k}")
-        check(self.dtype in ('float32', 'float16'), f"dtype must be 'float32' or 'float16', got {self.dtype!r}")
+        check(self.dtype in STORE_DTYPES, f"dtype must be one of {', '.join(map(repr, STORE_DTYPES))}, got {self.dtype!r}")
         check(self.on_nonfinite in ('count', 'raise'), f"on_nonfinite must be 'count' or 'raise', got {self.on_nonfinite!r}")
         check(self.batch_size >= 1 and self.rows_per_shard >= 1, "batch_size and rows_per_shard must be >= 1")
         check(self.pilot_max_examples >= 1, f"pilot_max_examples must be >= 1, got {self.pilot_max_examples}")
@@ -311,7 +311,10 @@ def extract(model,  # a HookedTransformer
     min_len, max_len = int(pairs.df.seq_len.min()) + 1, int(pairs.df.seq_len.max()) + 1
     if cfg.positions == 'last_k': check(cfg.k <= min_len, f"k={cfg.k} is longer than the shortest prompt ({min_len} tokens)")
     device = next(model.parameters()).device
-    np_dtype = np.float16 if cfg.dtype == 'float16' else np.float32
+    bf16 = cfg.dtype == 'bfloat16'  # stored as its bits: uint16 arrays, rounded from the activations by torch (to_bf16_bits)
+    np_dtype = {'float16': np.float16, 'bfloat16': np.uint16}.get(cfg.dtype, np.float32)
+    finite = bf16_finite if bf16 else np.isfinite
+    pin = device.type == 'cuda' and torch.cuda.is_available()  # pinned host tokens: their copies to the GPU do not block the host
 
     # 1. sites, hooks, shapes (one example through the model)
     sites = check_sites(model, cfg.hooks) if cfg.hooks else []
@@ -365,7 +368,9 @@ def extract(model,  # a HookedTransformer
     run_kinds = [k for k in ('corrupted', 'clean') if k in kinds or need_logits]
 
     def tokenize_batch(m: pd.DataFrame, bi: np.ndarray, n_tok: int) -> dict:
-        return {kind: _tokenize(pairs.tokenizer, m[f'prompt_{kind}'].to_numpy()[bi], n_tok) for kind in run_kinds}
+        out = {kind: _tokenize(pairs.tokenizer, m[f'prompt_{kind}'].to_numpy()[bi], n_tok) for kind in run_kinds}
+        out.update({c: torch.as_tensor(m[c].to_numpy()[bi]) for c in ('answer_id', 'distractor_id')})
+        return {k: v.pin_memory() for k, v in out.items()} if pin else out
 
     def prepare(j: int) -> tuple[pd.DataFrame, list]:
         "Shard `j`'s metadata and its batches: (row indices, future of their tokens), tokenized by a background thread."
@@ -374,39 +379,45 @@ def extract(model,  # a HookedTransformer
                    for n, idx in m.groupby('n_tokens', sort=True).indices.items() for b in range(0, len(idx), cfg.batch_size)]
         return m, batches
 
-    def run_batch(sub: pd.DataFrame, toks: dict, bi: np.ndarray, out: dict, ld: dict):
-        "Run one batch of equal-length rows; fill `out` (activations) and `ld` (logit differences) at rows `bi`."
-        ans, dis = (torch.as_tensor(sub[c].to_numpy(), device=device) for c in ('answer_id', 'distractor_id'))
+    def run_batch(toks: dict, bi: np.ndarray, out: dict, ld: list):
+        "Run one batch of equal-length rows; fill `out` (activations) at rows `bi`; append its metrics (on the device) to `ld`."
+        ans, dis = (toks[c].to(device, non_blocking=pin) for c in ('answer_id', 'distractor_id'))
         for kind in run_kinds:
             hooked = kind in kinds
-            toks_k = toks[kind].to(device)
+            toks_k = toks[kind].to(device, non_blocking=pin)
             if hooked:
                 a, logits = _capture(model, toks_k, hook_names, cfg.positions, cfg.k, full, None if need_logits else stop)
                 for s in sites:
-                    x = site_act(a, s).float().cpu().numpy().astype(np_dtype, copy=False)
+                    x = to_bf16_bits(site_act(a, s)) if bf16 else site_act(a, s).float().cpu().numpy().astype(np_dtype, copy=False)
                     dst = out[colname(kind, s)]
                     if cfg.positions == 'all': dst[bi, :x.shape[1]] = x
                     else: dst[bi] = x
             else: _, logits = _capture(model, toks_k, [], 'answer', 1, False, None)  # logits only
             if need_logits:  # the study's one definition of each metric (actlab.metrics)
-                lg = logits.float()
-                ld[kind][bi] = logit_diff(lg, ans, dis).cpu().numpy()
-                ld[f'correct_{kind}'][bi] = correct(lg, ans).cpu().numpy()
+                lg = logits.float()  # copied to the host once per shard (no sync per batch here)
+                ld.append((kind, bi, logit_diff(lg, ans, dis), correct(lg, ans)))
 
     def shard_table(j: int, m: pd.DataFrame, batches: list) -> tuple[pa.Table, dict]:
         "Shard `j` as an Arrow table, with its count of non-finite values per column."
         out = {c: np.zeros((len(m), *spec['shape']), np_dtype) for c, spec in columns.items()}
         ld = {kind: np.full(len(m), np.nan) for kind in ('clean', 'corrupted')}
         ld.update({f'correct_{kind}': np.zeros(len(m), bool) for kind in ('clean', 'corrupted')})
+        parts = []
         for bi, toks in batches:
-            run_batch(m.iloc[bi], toks.result(), bi, out, ld)
+            run_batch(toks.result(), bi, out, parts)
             bar.update(len(bi))
+        if parts:  # one host copy per shard and kind for the metrics
+            for kind in {p[0] for p in parts}:
+                mine = [p for p in parts if p[0] == kind]
+                idx = np.concatenate([p[1] for p in mine])
+                ld[kind][idx] = torch.cat([p[2] for p in mine]).double().cpu().numpy()
+                ld[f'correct_{kind}'][idx] = torch.cat([p[3] for p in mine]).cpu().numpy()
         if need_logits:
             m['logit_diff_clean'], m['logit_diff_corrupted'] = ld['clean'], ld['corrupted']
             m['survives'] = pd.array(np.where(np.isfinite(ld['corrupted']), ld['correct_corrupted'], None), dtype='boolean')  # = correct
         # the `nonfinite` flag: a row with a NaN/inf activation or logit difference gets no label (never a class)
         rowbad = m['nonfinite'].to_numpy(bool).copy()
-        for x in out.values(): rowbad |= ~np.isfinite(x.reshape(len(m), -1)).all(1)
+        for x in out.values(): rowbad |= ~finite(x.reshape(len(m), -1)).all(1)
         for c in ('logit_diff_clean', 'logit_diff_corrupted'):
             v = m[c].to_numpy(float)
             if need_logits: rowbad |= ~np.isfinite(v)
@@ -414,7 +425,7 @@ def extract(model,  # a HookedTransformer
         if rowbad.any():
             m['survives'] = pd.array(np.where(rowbad, None, m['survives'].to_numpy(dtype=object, na_value=None)), dtype='boolean')
             m.loc[rowbad, 'failure_class'] = ''
-        nonfinite = {c: int((~np.isfinite(x)).sum()) for c, x in out.items()}
+        nonfinite = {c: int((~finite(x)).sum()) for c, x in out.items()}
         bad = {c: v for c, v in nonfinite.items() if v}
         if bad and cfg.on_nonfinite == 'raise':
             raise FloatingPointError(f"shard {j}: non-finite activations {bad}; nothing of this shard was written (the store keeps "

@@ -239,12 +239,13 @@ def store_vectors(store,  # an ActivationStore
                   site: str,  # the hook point (column)
                   where=None,  # row filter (dict, or a function of the metadata, as in `ActivationStore.mask`)
                   clean: bool = True,  # also the clean prompts' column `clean/<site>` when stored
+                  dtype: torch.dtype | None = torch.float32,  # float32 (exact for a bfloat16 store), or None: the store's own dtype
                  ) -> Float[Tensor, "n_vectors d_in"]:
     "Every stored position's vector `[n_vectors, d_in]` of `site`, for the rows passing `where` (padding dropped)."
     cols = [site] + ([f'clean/{site}'] if clean and f'clean/{site}' in store.columns else [])
-    parts = [x for c in cols for x in store.token_vectors(c, where)]
+    parts = [x for c in cols for x in store.token_tensors(c, where, dtype=dtype)]
     if not parts or sum(len(p) for p in parts) == 0: raise ValueError(f"no vectors of {site!r} pass the filter {where!r}")
-    return torch.from_numpy(np.concatenate(parts)).float()
+    return torch.cat(parts)
 
 # %% ../nbs/08b_sae_eval.ipynb #0b7b2eb4
 RECOVERY_FLAG_EXPLANATION = (

@@ -139,8 +139,11 @@ class StoreProvider:
                  batch_size: int = 1024,  # vectors per batch
                  seed: int = 0,  # shard order and mixing seed
                  buffer_size: int | None = None,  # mixing buffer size (default: the store's, 8 batches)
-                 mix_fraction: float = 0.5):  # mixing_buffer's fraction kept back for mixing
-        from actlab.store import ActivationStore
+                 mix_fraction: float = 0.5,  # mixing_buffer's fraction kept back for mixing
+                 device: str | torch.device | None = None,  # batches arrive here (None: the CPU; SAELens moves them to the SAE)
+                 pin_memory: bool | None = None,  # pin each batch before its copy (None: when `device` is CUDA and CUDA is available)
+                 dtype: torch.dtype | None = torch.float32):  # the batches' dtype (None: the store's own, bfloat16 for a bfloat16 store)
+        from actlab.store import ActivationStore, resolve_pin_memory
         self.store = store if isinstance(store, ActivationStore) else ActivationStore(store)
         if subset not in SUBSETS: raise ValueError(f"subset must be one of {SUBSETS}, got {subset!r}")
         sites = [c for c in self.store.activation_columns if not c.startswith('clean/')]
@@ -171,6 +174,8 @@ class StoreProvider:
                              f"{self.store.path}; check the values (e.g. store.metadata().corruption_type.unique())")
         self.rows = n
         self.batch_size, self.seed, self.buffer_size, self.mix_fraction = int(batch_size), int(seed), buffer_size, mix_fraction
+        self.device, self.dtype = device, dtype
+        self.pin_memory = resolve_pin_memory(pin_memory, device)  # a bad request fails here, before any training
         spec = self.store.columns[self.column]
         self.hook_name = spec.get('hook') or site.split(':')[0]
         self.hook_head_index = spec.get('head')
@@ -189,7 +194,8 @@ class StoreProvider:
         return torch.from_numpy(np.concatenate(out)).float()
     def batches(self, skip: int = 0) -> Iterator[torch.Tensor]:
         make = lambda: self.store.sae_provider(self.column, batch_size=self.batch_size, buffer_size=self.buffer_size,
-                                               mix_fraction=self.mix_fraction, epochs=None, where=self.where, seed=self.seed)
+                                               mix_fraction=self.mix_fraction, epochs=None, where=self.where, seed=self.seed,
+                                               device=self.device or 'cpu', dtype=self.dtype, pin_memory=self.pin_memory)
         return _skip(_private_rng(make, self.seed), int(skip))
 
 class IterableProvider:
@@ -229,6 +235,7 @@ class IterableProvider:
 def as_provider(data,  # a provider (kept), a tensor/array `[n, d_in]`, an ActivationStore, or a re-iterable of batches
                 batch_size: int,  # rows per batch the provider serves (a given provider must already serve this size)
                 seed: int = 0,  # shuffling seed
+                device: str | None = None,  # for a store: where its batches go (pinned, non-blocking copies to a GPU)
                ):
     "A provider for `data`: a provider (kept), a tensor/array `[n, d_in]`, an ActivationStore, or a re-iterable of batches."
     from actlab.store import ActivationStore
@@ -237,7 +244,7 @@ def as_provider(data,  # a provider (kept), a tensor/array `[n, d_in]`, an Activ
             raise ValueError(f"the provider serves batches of {data.batch_size}, the config asks for {batch_size}")
         return data
     if isinstance(data, (torch.Tensor, np.ndarray)): return TensorProvider(data, batch_size, seed)
-    if isinstance(data, ActivationStore): return StoreProvider(data, batch_size=batch_size, seed=seed)
+    if isinstance(data, ActivationStore): return StoreProvider(data, batch_size=batch_size, seed=seed, device=device)
     return IterableProvider(data, batch_size, seed)
 
 # %% ../nbs/08_saes.ipynb #6f04eca2
@@ -520,7 +527,7 @@ def train_sae(cfg: SAETrainConfig,  # the training run (architecture, size, spar
              ) -> TrainResult:
     "Train an SAE with SAELens's `SAETrainer` on `data`; save it in SAELens's format under `run_dir/sae`."
     from sae_lens import SAE
-    provider = as_provider(data, cfg.batch_size, cfg.seed)
+    provider = as_provider(data, cfg.batch_size, cfg.seed, device=cfg.device)
     d_in = provider.d_in
     if cfg.d_in and cfg.d_in != d_in:
         raise ConfigError(f"the data has d_in={d_in} (e.g. {getattr(provider, 'column', 'the tensor')}) but the config asks "

@@ -26,9 +26,11 @@ from torch import Tensor
 from .core import package_versions, file_sha256, atomic_write_json
 
 # %% auto #0
-__all__ = ['STORE_FORMAT', 'LABEL_COLUMNS', 'FAILURE_CLASSES', 'Where', 'StoreError', 'StoreConfigError', 'StoreWriteError',
-           'StoreLockedError', 'StoreDamagedError', 'shard_name', 'to_arrow', 'from_arrow', 'config_diff',
-           'StoreWriter', 'ActivationDataset', 'ActivationStore', 'combine']
+__all__ = ['STORE_FORMAT', 'LABEL_COLUMNS', 'FAILURE_CLASSES', 'STORE_DTYPES', 'BF16_KEY', 'Where', 'StoreError',
+           'StoreConfigError', 'StoreWriteError', 'StoreLockedError', 'StoreDamagedError', 'shard_name', 'to_arrow',
+           'from_arrow', 'to_bf16_bits', 'bf16_bits_to_tensor', 'bf16_bits_to_float32', 'bf16_finite', 'arrow_field',
+           'config_diff', 'StoreWriter', 'resolve_pin_memory', 'to_device', 'ActivationDataset', 'DeviceLoader',
+           'ActivationStore', 'combine']
 
 # %% ../nbs/05_store.ipynb #4a8e3dc1
 STORE_FORMAT = 'actlab-store/1'
@@ -70,6 +72,55 @@ def from_arrow(col: pa.ChunkedArray | pa.Array,  # a fixed-size-list column (e.g
     parts = [c.flatten().to_numpy(zero_copy_only=False).reshape(len(c), width) for c in chunks if len(c)]
     flat = np.concatenate(parts) if parts else np.zeros((0, width), np.dtype(col.type.value_type.to_pandas_dtype()))
     return flat.reshape(len(flat), *(shape or (width,)))
+
+# %% ../nbs/05_store.ipynb #b16a0002
+STORE_DTYPES = ('float32', 'float16', 'bfloat16')  # the dtypes an activation column can have on disk
+BF16_KEY = b'actlab.dtype'  # Arrow field metadata key naming the dtype of a uint16-coded column
+
+def to_bf16_bits(x: Tensor | np.ndarray,  # floats of any precision (a tensor on any device, or an array)
+                ) -> np.ndarray:
+    "`x` rounded to bfloat16 (as `x.to(torch.bfloat16)`: nearest, ties to even) as its 16-bit patterns, a `uint16` array on the CPU."
+    t = x if isinstance(x, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(x))
+    return t.detach().to('cpu', torch.bfloat16).contiguous().view(torch.int16).numpy().view(np.uint16)
+
+def bf16_bits_to_tensor(u: np.ndarray,  # bfloat16 bit patterns (`uint16`), e.g. a stored column
+                       ) -> Tensor:
+    "The `uint16` bit patterns `u` as a `torch.bfloat16` tensor of the same shape (no copy when `u` is writeable)."
+    u = np.asarray(u)
+    if u.dtype != np.uint16: raise TypeError(f"bfloat16 bits must be uint16, got {u.dtype}")
+    u = u if u.flags.writeable and u.flags.c_contiguous else np.array(u, order='C')
+    return torch.from_numpy(u.view(np.int16)).view(torch.bfloat16)
+
+def bf16_bits_to_float32(u: np.ndarray,  # bfloat16 bit patterns (`uint16`)
+                        ) -> np.ndarray:
+    "The bfloat16 values coded by `u` as float32 (exact: a bfloat16 is the top 16 bits of a float32)."
+    u = np.asarray(u)
+    if u.dtype != np.uint16: raise TypeError(f"bfloat16 bits must be uint16, got {u.dtype}")
+    return (u.astype(np.uint32) << 16).view(np.float32)
+
+def bf16_finite(u: np.ndarray,  # bfloat16 bit patterns (`uint16`)
+               ) -> np.ndarray:
+    "Elementwise: is the bfloat16 coded by `u` finite (exponent bits not all ones)?"
+    return (np.asarray(u, np.uint16) & 0x7F80) != 0x7F80
+
+def arrow_field(name: str,  # the column name
+                arr: pa.Array,  # the column (e.g. from `to_arrow`)
+                dtype: str = 'float32',  # the column's dtype on disk (one of `STORE_DTYPES`)
+               ) -> pa.Field:
+    "An Arrow field for an activation column; a bfloat16 column's field carries `actlab.dtype: bfloat16` in its metadata."
+    return pa.field(name, arr.type, metadata={BF16_KEY: b'bfloat16'} if dtype == 'bfloat16' else None)
+
+def _bits_column(table: pa.Table, name: str) -> pa.Table:
+    "`table` with its uint16 column `name` re-typed, bits unchanged, as the 16-bit float container Parquet stores in 2 bytes a value."
+    col = table[name]
+    width = col.type.list_size
+    chunks = [pa.FixedSizeListArray.from_arrays(ch.flatten().view(pa.float16()), width) for ch in col.chunks]
+    new = pa.chunked_array(chunks, type=pa.list_(pa.float16(), width))
+    return table.set_column(table.column_names.index(name), arrow_field(name, new, 'bfloat16'), new)
+
+def _check_dtype(dtype: str, what: str = 'dtype'):
+    if dtype not in STORE_DTYPES:
+        raise StoreError(f"{what} must be one of {', '.join(map(repr, STORE_DTYPES))}, got {dtype!r}")
 
 # %% ../nbs/05_store.ipynb #a7ce853a
 def _digest(obj) -> str:
@@ -187,13 +238,14 @@ class StoreWriter:
     def __init__(self,
                  path: str | Path,  # the store folder (created if missing)
                  config: dict,  # everything that decides the contents (the study/extraction config)
-                 columns: dict[str, dict],  # activation column name -> {'shape': [...], 'dtype': 'float32'|'float16', ...}
+                 columns: dict[str, dict],  # activation column name -> {'shape': [...], 'dtype': 'float32'|'float16'|'bfloat16', ...}
                  n_rows: int,  # rows this worker writes in all
                  rows_per_shard: int,  # rows per shard (the last one may be shorter)
                  model: dict | None = None,  # model identity: {'name': ..., 'weights_hash': ...}
                  worker: tuple[int, int] = (0, 1),  # (index, count) of this worker
                  overwrite: bool = False):  # delete a store with another config instead of refusing
         if n_rows < 1: raise StoreError(f"nothing to write: n_rows={n_rows}")
+        for c, sp in columns.items(): _check_dtype(sp.get('dtype', 'float32'), f"column {c!r}: dtype")
         if rows_per_shard < 1: raise StoreError(f"rows_per_shard must be >= 1, got {rows_per_shard}")
         if not 0 <= worker[0] < worker[1]: raise StoreError(f"worker index must be in 0..count-1, got {worker}")
         self.path, self.data = Path(path), Path(path) / 'data'
@@ -299,6 +351,14 @@ class StoreWriter:
         "Write shard `j` atomically (temporary file, flush, `os.replace`) and record it in the manifest."
         if table.num_rows != len(self.rows_of(j)):
             raise StoreError(f"shard {j} must have {len(self.rows_of(j))} rows, got {table.num_rows}")
+        for c, sp in self.identity['columns'].items():  # a bfloat16 column is given as uint16 bits (`to_bf16_bits`), nothing else is
+            if c not in table.column_names or not pa.types.is_fixed_size_list(table.schema.field(c).type): continue
+            is_bits = pa.types.is_uint16(table.schema.field(c).type.value_type)
+            if is_bits != (sp.get('dtype') == 'bfloat16'):
+                raise StoreError(f"shard {j}: column {c!r} is declared {sp.get('dtype', 'float32')} but holds "
+                                 f"{table.schema.field(c).type.value_type}; a bfloat16 column holds its bits, "
+                                 "to_arrow(to_bf16_bits(x)), and only a bfloat16 column holds uint16")
+            if is_bits: table = _bits_column(table, c)  # on disk: 2 bytes a value, the dtype in the field's metadata
         final = self._file(j)
         tmp = self.data / f'.{final.name}.tmp'
         try:
@@ -328,13 +388,60 @@ class StoreWriter:
 # %% ../nbs/05_store.ipynb #d0493318
 Where = dict | Callable[[pd.DataFrame], Any] | None
 
+def resolve_pin_memory(pin_memory: bool | None,  # None: pin exactly when the batches go to a CUDA device and CUDA is available
+                       device: str | torch.device | None = None,  # where the batches go (None: stay on the CPU)
+                      ) -> bool:
+    "Whether host batches are pinned before their copy to `device`; `pin_memory=True` without CUDA is a `StoreError` (no silent no-op)."
+    dev = torch.device('cpu' if device is None else device)
+    if pin_memory is None: return dev.type == 'cuda' and torch.cuda.is_available()
+    if pin_memory and not torch.cuda.is_available():
+        raise StoreError("pin_memory=True needs CUDA, and torch.cuda.is_available() is False here (a CPU-only torch, or no GPU "
+                         "visible): pass pin_memory=None (pins only when the batches go to a GPU) or pin_memory=False")
+    return bool(pin_memory)
+
+def to_device(t: Tensor,  # a CPU tensor (a batch)
+              device: str | torch.device | None,  # target device (None: leave it where it is)
+              dtype: torch.dtype | None = None,  # cast to this dtype after the copy (a 16-bit batch crosses the bus at 16 bits)
+              pin: bool = False,  # pin `t` first, then copy without blocking the host
+             ) -> Tensor:
+    "`t` on `device`, then cast to `dtype`: pinned and `non_blocking` when `pin` (the host queues the copy and goes on)."
+    if device is not None:
+        if pin and not t.is_pinned(): t = t.pin_memory()
+        t = t.to(device, non_blocking=pin)
+    return t if dtype is None else t.to(dtype)
+
+_TORCH = {'float32': torch.float32, 'float16': torch.float16, 'bfloat16': torch.bfloat16}
+
+def _as_torch_dtype(dtype) -> torch.dtype:
+    "A torch dtype from a torch dtype, a numpy dtype or a name ('bfloat16', 'float32', ...)."
+    if isinstance(dtype, torch.dtype): return dtype
+    if isinstance(dtype, str) and dtype in _TORCH: return _TORCH[dtype]
+    try: return torch.from_numpy(np.zeros(0, np.dtype(dtype))).dtype
+    except TypeError as e: raise StoreError(f"dtype {dtype!r} is not a torch or numpy floating dtype: use e.g. torch.float32 or torch.bfloat16") from e
+
+def _is_bf16(dtype) -> bool:
+    return dtype == torch.bfloat16 or (isinstance(dtype, str) and dtype == 'bfloat16')
+
 class ActivationDataset(torch.utils.data.Dataset):
     "Map-style torch dataset over selected store columns; item `i` is a dict of tensors (activations) and labels."
-    def __init__(self, arrays: dict[str, np.ndarray]):
-        self.arrays = {k: (torch.from_numpy(v) if v.dtype != object else v) for k, v in arrays.items()}
+    def __init__(self, arrays: dict[str, np.ndarray | Tensor]):
+        self.arrays = {k: (v if isinstance(v, Tensor) else torch.from_numpy(v) if v.dtype != object else v) for k, v in arrays.items()}
         self.n = len(next(iter(arrays.values())))
     def __len__(self): return self.n
     def __getitem__(self, i): return {k: v[i] for k, v in self.arrays.items()}
+
+class DeviceLoader:
+    "A re-iterable wrapper of a `DataLoader` whose batches (tensors, or dicts/tuples of them) are moved to `device`."
+    def __init__(self, loader, device: str | torch.device, non_blocking: bool = False):
+        self.loader, self.device, self.non_blocking = loader, torch.device(device), non_blocking
+    def __len__(self): return len(self.loader)
+    def _move(self, b):
+        if isinstance(b, Tensor): return b.to(self.device, non_blocking=self.non_blocking)
+        if isinstance(b, dict): return {k: self._move(v) for k, v in b.items()}
+        if isinstance(b, (list, tuple)): return type(b)(self._move(v) for v in b)
+        return b
+    def __iter__(self):
+        for b in self.loader: yield self._move(b)
 
 class ActivationStore:
     "A read-only view of an activation store folder."
@@ -384,6 +491,12 @@ class ActivationStore:
                 schema = sch
                 miss = [c for c in self.columns if c not in sch.names]
                 if miss: raise StoreDamagedError(f"shard {s['file']} of {self.path} lacks the activation column(s) {miss}; {self._repair()}")
+                for c, sp in self.columns.items():  # a bfloat16 column's field says so; no other column's does
+                    fld = sch.field(c)
+                    bits = (fld.metadata or {}).get(BF16_KEY) == b'bfloat16' and pa.types.is_float16(fld.type.value_type)
+                    if bits != (sp.get('dtype', 'float32') == 'bfloat16'):
+                        raise StoreDamagedError(f"column {c!r} of {self.path} is {sp.get('dtype', 'float32')} in the manifest but "
+                                                f"{fld.type.value_type} {dict(fld.metadata or {})} in {s['file']}; {self._repair()}")
             elif sch.names != schema.names or any(not (a.type.equals(b.type) or pa.types.is_null(a.type) or pa.types.is_null(b.type))
                                                    for a, b in zip(sch, schema) if a.name in self.columns or pa.types.is_fixed_size_list(a.type)):
                 raise StoreDamagedError(f"shard {s['file']} of {self.path} has another schema than {self.files[0].name} (columns "
@@ -458,35 +571,86 @@ class ActivationStore:
         self._check_col(column)
         m, starts = self.mask(where), self._row_starts()
         cols = [column] + (['token_mask'] if with_mask else [])
+        bits = self.dtype(column) == 'bfloat16'
         for i in (range(len(self.files)) if order is None else order):
             keep = m[starts[i]:starts[i + 1]]
             if not keep.any(): continue
             t = pq.read_table(self.files[i], columns=cols)
             x = from_arrow(t[column], self.shape(column))[keep]
+            if bits: x = x.view(np.uint16)  # bfloat16: its bits, kept in a 16-bit float container on disk
             yield (x, from_arrow(t['token_mask']).astype(bool)[keep]) if with_mask else x
+
+    def disk_bytes(self) -> dict[str, int]:
+        "Bytes on disk per column (compressed Parquet column chunks over every shard), activation and metadata columns."
+        out: dict[str, int] = {}
+        for f in self.files:
+            md = pq.ParquetFile(f).metadata
+            for g in range(md.num_row_groups):
+                for i in range(md.num_columns):
+                    c = md.row_group(g).column(i)
+                    name = c.path_in_schema.removesuffix('.list.element')
+                    out[name] = out.get(name, 0) + c.total_compressed_size
+        return out
+
+    def dtype(self,
+              column: str,  # an activation column
+             ) -> str:
+        "The on-disk dtype of `column`: 'float32', 'float16' or 'bfloat16' (stored as its uint16 bits)."
+        self._check_col(column)
+        return self.columns[column].get('dtype', 'float32')
+
+    def _torch_dtype(self, column: str, dtype) -> torch.dtype:
+        "The dtype a torch reader returns: `dtype`, or (None) bfloat16 for a bfloat16 column and float32 for the others."
+        if dtype is None: return torch.bfloat16 if self.dtype(column) == 'bfloat16' else torch.float32
+        return _as_torch_dtype(dtype)
+
+    def _to_tensor(self, column: str, x: np.ndarray) -> Tensor:
+        "Stored values (bfloat16 as uint16 bits) as a tensor of the column's own dtype, without a copy where possible."
+        if self.dtype(column) == 'bfloat16': return bf16_bits_to_tensor(x)
+        return torch.from_numpy(x if x.flags.writeable else x.copy())
 
     def numpy(self,
               column: str,  # an activation column
               where: Where = None,  # row filter
               flatten: bool = False,  # return [n, prod(shape)] instead of [n, *shape]
-              dtype=np.float32,  # the returned array's dtype
+              dtype=np.float32,  # the returned array's dtype (numpy has no bfloat16: a bfloat16 column widens exactly)
              ) -> np.ndarray:
         "The activations of `column` for the rows passing `where`, `[n, *shape]`."
-        parts = list(self._iter_column(column, where))
+        if _is_bf16(dtype):
+            raise StoreError("numpy has no bfloat16: read the column with store.tensor(column) (a torch.bfloat16 tensor), "
+                             "or numpy(column, dtype=np.float32), which widens bfloat16 exactly")
+        bf16 = self.dtype(column) == 'bfloat16'
+        parts = [bf16_bits_to_float32(x) if bf16 else x for x in self._iter_column(column, where)]
         out = np.concatenate(parts) if parts else np.zeros((0, *self.shape(column)))
         out = out.astype(dtype, copy=False)
+        return out.reshape(len(out), -1) if flatten else out
+
+    def tensor(self,
+               column: str,  # an activation column
+               where: Where = None,  # row filter
+               flatten: bool = False,  # return [n, prod(shape)] instead of [n, *shape]
+               dtype=None,  # None: torch.bfloat16 for a bfloat16 column, float32 for the others; or any float dtype
+               device: str | torch.device | None = None,  # put it here (None: the CPU)
+               pin_memory: bool | None = None,  # pin before the copy (None: when `device` is CUDA; see `resolve_pin_memory`)
+              ) -> Tensor:
+        "The activations of `column` for the rows passing `where` as one tensor `[n, *shape]` (bfloat16 bit-exact)."
+        dt, pin = self._torch_dtype(column, dtype), resolve_pin_memory(pin_memory, device)
+        parts = [self._to_tensor(column, x) for x in self._iter_column(column, where)]
+        own = _TORCH[self.dtype(column)]
+        out = torch.cat(parts) if parts else torch.zeros((0, *self.shape(column)), dtype=own)
+        out = to_device(out, device, dt, pin)
         return out.reshape(len(out), -1) if flatten else out
 
     def torch_dataset(self,
                       columns: str | Sequence[str],  # activation column(s)
                       labels: Sequence[str] = (),  # metadata columns to include (e.g. 'survives', 'example_id')
                       where: Where = None,  # row filter (see `mask`)
-                      dtype=np.float32,  # the activations' dtype
+                      dtype=None,  # the activations' dtype; None: torch.bfloat16 for bfloat16 columns, float32 for the others
                      ) -> ActivationDataset:
         "A map-style torch `Dataset` (held in memory) of the selected rows; items are dicts keyed by column name."
         columns = [columns] if isinstance(columns, str) else list(columns)
         m, meta = self.mask(where), self.metadata()
-        arrays = {c: self.numpy(c, where, dtype=dtype) for c in columns}
+        arrays = {c: self.tensor(c, where, dtype=dtype) for c in columns}
         for lyr in labels:
             if lyr not in meta: raise KeyError(f"no metadata column {lyr!r}; have {list(meta.columns)}")
             v = meta[lyr].to_numpy()[m]
@@ -501,11 +665,16 @@ class ActivationStore:
                    where: Where = None,  # row filter (see `mask`)
                    batch_size: int = 256,  # rows per batch
                    shuffle: bool = True,  # shuffle the rows each epoch
-                   **kwargs,
-                  ) -> torch.utils.data.DataLoader:
-        "A torch `DataLoader` over `torch_dataset(columns, labels, where)`."
-        return torch.utils.data.DataLoader(self.torch_dataset(columns, labels, where), batch_size=batch_size,
-                                           shuffle=shuffle, **kwargs)
+                   dtype=None,  # the activations' dtype (None: bfloat16 columns stay torch.bfloat16, the others float32)
+                   device: str | torch.device | None = None,  # move every tensor of a batch here (None: the batches stay on the CPU)
+                   pin_memory: bool | None = None,  # pin the host batches (None: when `device` is CUDA and CUDA is available)
+                   **kwargs,  # more `DataLoader` arguments (num_workers, generator, ...)
+                  ) -> 'torch.utils.data.DataLoader | DeviceLoader':
+        "A torch `DataLoader` over `torch_dataset(columns, labels, where)`; with `device`, batches arrive there (pinned, non-blocking copies on CUDA)."
+        pin = resolve_pin_memory(pin_memory, device)
+        dl = torch.utils.data.DataLoader(self.torch_dataset(columns, labels, where, dtype=dtype), batch_size=batch_size,
+                                         shuffle=shuffle, pin_memory=pin, **kwargs)
+        return dl if device is None else DeviceLoader(dl, device, non_blocking=pin)
 
     def _positional(self, column: str) -> bool:
         return self.columns[column].get('positions') in ('last_k', 'all')
@@ -517,17 +686,34 @@ class ActivationStore:
         shape = self.shape(column)
         return int(np.prod(shape[1:] if self._positional(column) else shape))
 
-    def token_vectors(self,
-                      column: str,  # an activation column
-                      where: Where = None,  # row filter (see `mask`)
-                      order: Sequence[int] | None = None,  # the order of the shards (None: stored order)
-                     ) -> Iterator[np.ndarray]:
-        "Per shard, the activations of `column` as vectors `[n_vectors, d_in]`: positions unrolled, padding dropped."
+    def _raw_vectors(self, column: str, where: Where = None, order: Sequence[int] | None = None) -> Iterator[np.ndarray]:
+        "Per shard, the stored values of `column` (bfloat16 as uint16 bits) as vectors `[n_vectors, d_in]`."
         d = self.d_in(column)
         padded = self.columns[column].get('positions') == 'all' and 'token_mask' in self.metadata_columns
         for item in self._iter_column(column, where, order, with_mask=padded):
             if padded: x, tm = item; yield x[tm].reshape(-1, d)
             else: yield item.reshape(-1, d)
+
+    def token_vectors(self,
+                      column: str,  # an activation column
+                      where: Where = None,  # row filter (see `mask`)
+                      order: Sequence[int] | None = None,  # the order of the shards (None: stored order)
+                     ) -> Iterator[np.ndarray]:
+        "Per shard, the activations of `column` as vectors `[n_vectors, d_in]`: positions unrolled, padding dropped (bfloat16 widened to float32, exactly)."
+        bf16 = self.dtype(column) == 'bfloat16'
+        for x in self._raw_vectors(column, where, order): yield bf16_bits_to_float32(x) if bf16 else x
+
+    def token_tensors(self,
+                      column: str,  # an activation column
+                      where: Where = None,  # row filter (see `mask`)
+                      order: Sequence[int] | None = None,  # the order of the shards (None: stored order)
+                      dtype=None,  # None: the column's own dtype (torch.bfloat16 for a bfloat16 store); or any float dtype
+                     ) -> Iterator[Tensor]:
+        "Per shard, `token_vectors` as CPU tensors: a bfloat16 column arrives as `torch.bfloat16` (bit-exact, no widening unless asked)."
+        dt = None if dtype is None else _as_torch_dtype(dtype)
+        for x in self._raw_vectors(column, where, order):
+            t = self._to_tensor(column, x)
+            yield t if dt is None else t.to(dt)
 
     def sae_provider(self,
                      column: str,  # activation column to train on (one vector per row and stored position)
@@ -538,11 +724,14 @@ class ActivationStore:
                      where: Where = None,  # row filter (see `mask`)
                      seed: int = 0,  # seed of the shard order and mixing
                      device: str | torch.device = 'cpu',  # where the batches are put
-                     dtype: torch.dtype = torch.float32,  # the batches' dtype
+                     dtype: torch.dtype | None = torch.float32,  # the batches' dtype (None: the column's own, bfloat16 for a bfloat16 store)
+                     pin_memory: bool | None = None,  # pin each batch before its copy (None: when `device` is CUDA and CUDA is available)
                     ) -> Iterator[Float[Tensor, 'batch d_in']]:
         "An iterator of `[batch_size, d_in]` tensors (see `d_in`), shard order shuffled per epoch, mixed by SAELens's `mixing_buffer`."
         from sae_lens.training.mixing_buffer import mixing_buffer
         shape, m = self.shape(column), self.mask(where)
+        dt = _TORCH[self.dtype(column)] if dtype is None else _as_torch_dtype(dtype)
+        pin = resolve_pin_memory(pin_memory, device)
         if self.columns[column].get('positions') == 'all' and 'token_mask' in self.metadata_columns:
             n_vec = int(np.stack(self.metadata()['token_mask'].to_numpy()[m]).sum()) if m.any() else 0
         else: n_vec = int(m.sum()) * (shape[0] if self._positional(column) else 1)
@@ -552,22 +741,28 @@ class ActivationStore:
         rng = np.random.default_rng(seed)
         torch_gen = torch.Generator().manual_seed(seed)
 
-        def loader():
+        def loader():  # the buffer holds the stored dtype (16-bit stores: half the host memory); the cast happens after the copy
             epoch = 0
             while epochs is None or epoch < epochs:
-                for x in self.token_vectors(column, where, order=rng.permutation(len(self.files))):
-                    t = torch.from_numpy(np.ascontiguousarray(x)).to(dtype)
+                for t in self.token_tensors(column, where, order=rng.permutation(len(self.files))):
                     yield t[torch.randperm(len(t), generator=torch_gen)]
                 epoch += 1
         for batch in mixing_buffer(buffer_size, batch_size, loader(), mix_fraction):
-            yield batch.to(device)
+            yield to_device(batch, device, dt, pin)
 
     def to_hf(self,
               columns: Sequence[str] | None = None,  # only these columns (None: all)
               cache_dir: str | None = None,  # `datasets`' cache folder (None: its default)
+              bfloat16_bits: bool = False,  # allow bfloat16 columns, which `datasets` sees as float16 holding their bits
              ):
         "The store as a `datasets.Dataset` (via `Dataset.from_parquet` over the shards)."
         import datasets
+        bf = [c for c in (columns or self.columns) if c in self.columns and self.dtype(c) == 'bfloat16']
+        if bf and not bfloat16_bits:
+            raise StoreError(f"column(s) {bf} are bfloat16, which Arrow and `datasets` cannot represent: they would arrive as "
+                             "float16 numbers that are really bfloat16 bit patterns. Pass bfloat16_bits=True to take them so "
+                             "(decode with actlab.store.bf16_bits_to_tensor(np.asarray(v, np.float16).view(np.uint16))), "
+                             "or read them with store.tensor(column)")
         return datasets.Dataset.from_parquet([str(f) for f in self.files], columns=list(columns) if columns else None,
                                              cache_dir=cache_dir)
 

@@ -299,3 +299,83 @@ def test_bfloat16_model_extracts_float32_close_to_the_float32_model(mp, tmp_path
     np.testing.assert_allclose(y, x, atol=0.1 * np.abs(x).max())  # bfloat16 keeps 8 bits of mantissa
     ld_a, ld_b = (s.metadata().sort_values('example_id').logit_diff_corrupted.to_numpy() for s in (a, b))
     assert np.isfinite(ld_b).all() and np.corrcoef(ld_a, ld_b)[0, 1] > 0.9
+
+
+# --- bfloat16 stores
+@pytest.mark.skipif(not (ROOT / 'data' / 'default_model' / 'config.json').exists(), reason='built-in model not trained yet')
+def test_bfloat16_store_of_the_builtin_model_is_the_float32_store_rounded(tmp_path):
+    "Same model, same pairs: the bfloat16 store holds the float32 store's activations rounded to bfloat16, in half the bytes."
+    from actlab.models import load_saved_model
+    model = load_saved_model(ROOT / 'data' / 'default_model', device='cpu')
+    pairs = make_pairs(TaskConfig(n_per_cell=3), model.tokenizer)
+    L = model.cfg.n_layers
+    cfg = ExtractConfig(hooks=tuple(recipe_sites(model, 1, resid_mid_layers=[L - 1], heads=[(L - 1, 0)])), also_clean=True,
+                        rows_per_shard=64, progress=False)
+    f32 = extract(model, pairs, tmp_path / 'f32', cfg)
+    b16 = extract(model, pairs, tmp_path / 'b16', cfg.replace(dtype='bfloat16'))
+    assert len(b16.activation_columns) == 2 * 3
+    for c in f32.activation_columns:
+        assert b16.dtype(c) == 'bfloat16'
+        assert torch.equal(b16.tensor(c).view(torch.int16), f32.tensor(c).to(torch.bfloat16).view(torch.int16)), c
+    pd.testing.assert_frame_equal(b16.metadata(), f32.metadata())  # labels: computed before storing, the same numbers
+    act = lambda s: sum(v for c, v in s.disk_bytes().items() if c in s.columns)
+    assert 0.45 < act(b16) / act(f32) < 0.55
+
+
+def test_bfloat16_bad_dtype_is_one_line_before_any_work(tmp_path):
+    with pytest.raises(Exception, match="dtype must be one of 'float32', 'float16', 'bfloat16', got 'bf16'"):
+        ExtractConfig(hooks=('blocks.0.hook_resid_pre',), dtype='bf16')
+    bad = tmp_path / 'bad.yaml'; bad.write_text("extraction:\n  dtype: bf16\n")
+    r = subprocess.run([sys.executable, '-m', 'actlab.cli', 'run', str(bad), '--out', str(tmp_path / 'out')],
+                       capture_output=True, text=True, env=ENV)
+    assert r.returncode == 2 and 'Traceback' not in r.stderr, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and "dtype must be one of" in r.stderr
+    assert not (tmp_path / 'out').exists() or not any((tmp_path / 'out').rglob('*.parquet'))
+
+
+def test_probes_read_a_bfloat16_store(mp, tmp_path):
+    "The probes' streaming fit takes the store's bfloat16 batches; it gives the fit of the same values widened to float32."
+    from actlab.probes import L1LogisticProbe
+    model, pairs = mp
+    st = extract(model, pairs, tmp_path / 'b', ExtractConfig(hooks=('blocks.1.hook_resid_pre',), dtype='bfloat16', progress=False))
+    col = 'blocks.1.hook_resid_pre'
+    y = (st.metadata().example_id.to_numpy() % 2 == 0)
+    st.set_labels(pd.DataFrame({'example_id': st.metadata().example_id, 'parity': y.astype(float)}))
+    fits = []
+    for dt in (None, torch.float32):
+        dl = st.dataloader(col, labels=['parity'], batch_size=16, shuffle=False, dtype=dt)
+        assert next(iter(dl))[col].dtype == (dt or torch.bfloat16)
+        fits.append(L1LogisticProbe(solver='torch', tol=1e-4).fit_stream(dl, classes=[0.0, 1.0], x_key=col, y_key='parity'))
+    assert np.abs(fits[1].coef_).sum() > 0  # a real fit, not all-zero weights
+    np.testing.assert_array_equal(fits[0].coef_, fits[1].coef_)
+    X = st.numpy(col)
+    np.testing.assert_array_equal(X, st.tensor(col).float().numpy())
+
+
+@pytest.mark.skipif(not (ROOT / 'data' / 'default_model' / 'config.json').exists(), reason='built-in model not trained yet')
+def test_gpu_smoke_skips_on_cpu_and_runs_its_rows_on_cpu_when_asked():
+    "bench/gpu_smoke.py: one line and exit 0 without CUDA; with --device cpu the same rows run (the script checked, not the GPU)."
+    script = ROOT / 'bench' / 'gpu_smoke.py'
+    r = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env={**ENV, 'CUDA_VISIBLE_DEVICES': ''})
+    assert r.returncode == 0 and r.stdout.strip().splitlines() == ['gpu_smoke: skipped (no CUDA device visible: torch.cuda.is_available() is False)']
+    r = subprocess.run([sys.executable, str(script), '--device', 'cpu', '--quick', '--n-per-cell', '2', '--sae-steps', '5',
+                        '--skip', 'study', '--skip', 'benches'], capture_output=True, text=True, env={**ENV, 'ACTLAB_NO_TRAIN': '1'})
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    import json
+    rows = json.loads(next(l for l in r.stdout.splitlines() if l.startswith('RESULT '))[7:])['phases']
+    assert {'extract, bfloat16 model and store', 'extract store bytes, bfloat16 / float32', 'bfloat16 store = float32 store rounded',
+            'SAE training from the bfloat16 store', 'engine.patch, 4 local shards'} <= set(rows)
+    assert rows['extract store bytes, bfloat16 / float32']['value'] < 0.55 and rows['bfloat16 store = float32 store rounded']['value'] == 0
+
+
+def test_bfloat16_sharded_extraction_combines_to_the_single_run(mp, tmp_path):
+    "The engine's shards (local here; a Ray run goes through the same combine) keep the dtype; combined = one process, bit for bit."
+    from actlab.engine import EngineConfig, extract as engine_extract
+    model, pairs = mp
+    cfg = ExtractConfig(hooks=('blocks.1.hook_resid_pre', 'blocks.0.attn.hook_z:1'), dtype='bfloat16', rows_per_shard=7, progress=False)
+    one = extract(model, pairs, tmp_path / 'one', cfg)
+    three = engine_extract(model, pairs, tmp_path / 'three', cfg, EngineConfig(num_shards=3))
+    assert three.manifest.get('combined_from') and all(three.dtype(c) == 'bfloat16' for c in three.columns)
+    o1, o3 = (np.argsort(s.metadata().example_id.to_numpy()) for s in (one, three))
+    for c in one.columns:
+        assert torch.equal(one.tensor(c)[o1].view(torch.int16), three.tensor(c)[o3].view(torch.int16)), c

@@ -367,3 +367,47 @@ def test_heldout_claims_random_weights_do_not_hold():
     assert set(claims) == {'sae_few_dead_latents', 'sae_keeps_task_logit_diff', 'sae_recovers_lm_loss'}
     assert not claims['sae_keeps_task_logit_diff'].holds and not claims['sae_recovers_lm_loss'].holds, claims
     assert h['n_clean_prompts'] == pairs.df.problem_id[held].nunique()
+
+
+# ---------------------------------------------------------------- bfloat16 stores, devices
+
+def test_sae_trains_end_to_end_from_a_bfloat16_store(tmp_path, lm_and_pairs):
+    "extract (bfloat16) -> StoreProvider -> train_sae on cpu: the batches are the float32 store's rounded to bfloat16, bit for bit,"
+    " and the SAE equals one trained on a float32 store of those rounded values."
+    from actlab.extract import extract, ExtractConfig
+    from actlab.sae_eval import store_vectors
+    lm, pairs = lm_and_pairs
+    cfg = ExtractConfig(hooks=(HOOK,), positions='all', also_clean=True, compute_labels=False, progress=False, rows_per_shard=64)
+    f32 = extract(lm, pairs, tmp_path / 'f32', cfg)
+    b16 = extract(lm, pairs, tmp_path / 'b16', cfg.replace(dtype='bfloat16'))
+    pa_, pb = StoreProvider(f32, HOOK, batch_size=32, seed=1), StoreProvider(b16, HOOK, batch_size=32, seed=1, device='cpu')
+    a, b = list(itertools.islice(pa_.batches(), 20)), list(itertools.islice(pb.batches(), 20))
+    assert all(y.dtype == torch.float32 and torch.equal(y, x.to(torch.bfloat16).float()) for x, y in zip(a, b))
+    assert not all(torch.equal(x, y) for x, y in zip(a, b))  # it really rounded
+    raw = list(itertools.islice(StoreProvider(b16, HOOK, batch_size=32, seed=1, dtype=None).batches(), 3))
+    assert all(r.dtype == torch.bfloat16 and torch.equal(r.float(), y) for r, y in zip(raw, b))
+    # store_vectors: float32 by default (exact), the store's own bfloat16 on request
+    v32, v16 = store_vectors(b16, HOOK), store_vectors(b16, HOOK, dtype=None)
+    assert v16.dtype == torch.bfloat16 and torch.equal(v16.float(), v32)
+    assert torch.equal(v32, store_vectors(f32, HOOK).to(torch.bfloat16).float())
+    # training: the bfloat16 store against a float32 store of the same rounded values in the same shard layout
+    acfg = ExtractConfig(hooks=(HOOK,), compute_labels=False, progress=False, rows_per_shard=64, dtype='bfloat16')
+    ab = extract(lm, pairs, tmp_path / 'ab16', acfg)
+    rounded = write_store(tmp_path / 'rounded', {HOOK: ab.tensor(HOOK, dtype=torch.float32)}, rows_per_shard=64)
+    assert rounded.dtype(HOOK) == 'float32' and [len(x) for x in rounded.token_vectors(HOOK)] == [len(x) for x in ab.token_vectors(HOOK)]
+    tcfg = small_cfg(steps=40, batch_size=32, checkpoint_every=0, device='cpu')
+    res = train_sae(tcfg, StoreProvider(ab, HOOK, batch_size=32, seed=2), tmp_path / 'run_b16', progress=False)
+    ref = train_sae(tcfg, StoreProvider(rounded, HOOK, batch_size=32, seed=2), tmp_path / 'run_ref', progress=False)
+    assert res.finished and res.trainer.n_training_steps == 40 and res.sae.W_dec.abs().sum() > 0
+    assert states_equal(res.sae, ref.sae)
+
+
+def test_store_provider_device_and_pinning_on_the_cpu(tmp_path):
+    from actlab.store import StoreError
+    st = write_store(tmp_path / 's', {HOOK: sparse_data(600)}, rows_per_shard=200)
+    a = list(itertools.islice(StoreProvider(st, batch_size=64, seed=3).batches(), 8))
+    b = list(itertools.islice(StoreProvider(st, batch_size=64, seed=3, device='cpu', pin_memory=None).batches(), 8))
+    assert all(torch.equal(x, y) and not y.is_pinned() for x, y in zip(a, b))  # None on the cpu: not pinned, the same batches
+    assert isinstance(as_provider(st, 64, device='cpu'), StoreProvider) and as_provider(st, 64, device='cpu').device == 'cpu'
+    if not torch.cuda.is_available():
+        with pytest.raises(StoreError, match='pin_memory=True needs CUDA'): StoreProvider(st, batch_size=64, pin_memory=True)

@@ -187,3 +187,139 @@ def test_combine(tmp_path):
     inc = StoreWriter(tmp_path / 'inc', **spec(n_rows=5, rows_per_shard=2), worker=(1, 2))
     inc.write_shard(0, table([1, 3]))
     with pytest.raises(StoreError, match='incomplete'): combine([parts[0], tmp_path / 'inc'], tmp_path / 'inc2')
+
+
+# --- bfloat16 stores (the bits in a 2-byte container, the dtype in the manifest and the Arrow field) and device loaders
+from actlab.store import to_bf16_bits, bf16_bits_to_tensor, resolve_pin_memory, StoreDamagedError  # noqa: E402
+
+
+def bf16_store(path, x, rows_per_shard=4, positions='last_k', ids=None, **kw):
+    "A store of `x` `[n, *shape]` written as bfloat16 (bits via `to_bf16_bits`), one row per example (example_id `ids`)."
+    n = len(x)
+    ids = np.arange(n) if ids is None else np.asarray(ids)
+    w = StoreWriter(path, config={'seed': 0}, columns={'x': {'shape': list(x.shape[1:]), 'dtype': 'bfloat16', 'positions': positions}},
+                    n_rows=n, rows_per_shard=rows_per_shard, **kw)
+    for j in w.todo():
+        rows = np.array(w.rows_of(j))
+        w.write_shard(j, pa.table({'example_id': ids[rows], 'survives': rows % 2 == 0, 'x': to_arrow(to_bf16_bits(x[rows]))}))
+    return ActivationStore(w.finish())
+
+
+def test_bfloat16_round_trip_is_bit_exact(tmp_path):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(10, 2, D, generator=g) * torch.logspace(-20, 20, 10)[:, None, None]
+    st = bf16_store(tmp_path / 'b', x)
+    want = x.to(torch.bfloat16)
+    assert st.dtype('x') == 'bfloat16' and st.manifest['columns']['x']['dtype'] == 'bfloat16'
+    assert torch.equal(st.tensor('x').view(torch.int16), want.view(torch.int16))
+    assert st.tensor('x').dtype == torch.bfloat16 and st.tensor('x', dtype=torch.float32).dtype == torch.float32
+    assert torch.equal(st.tensor('x', dtype=torch.float32), want.float())
+    np.testing.assert_array_equal(st.numpy('x'), want.float().numpy())
+    assert not np.array_equal(st.numpy('x'), x.numpy())  # it really rounded
+    ds = st.torch_dataset('x', labels=['survives'])
+    assert ds[3]['x'].dtype == torch.bfloat16 and torch.equal(ds[3]['x'], want[3])
+    vecs = torch.cat(list(st.token_tensors('x')))
+    assert torch.equal(vecs, want.reshape(-1, D))
+    np.testing.assert_array_equal(np.concatenate(list(st.token_vectors('x'))), want.float().reshape(-1, D).numpy())
+
+
+def test_every_bfloat16_bit_pattern_survives_the_disk(tmp_path):
+    "All 65536 patterns, NaN payloads, infinities, subnormals and -0 included: the container never does arithmetic on them."
+    bits = np.arange(2 ** 16, dtype=np.uint16).reshape(-1, 256)
+    w = StoreWriter(tmp_path / 'all', config={}, columns={'x': {'shape': [256], 'dtype': 'bfloat16'}}, n_rows=len(bits), rows_per_shard=100)
+    for j in w.todo():
+        rows = list(w.rows_of(j)); w.write_shard(j, pa.table({'example_id': rows, 'x': to_arrow(bits[rows])}))
+    st = ActivationStore(w.finish())
+    assert torch.equal(st.tensor('x').view(torch.int16), bf16_bits_to_tensor(bits).view(torch.int16))
+    assert st.manifest['columns']['x']['dtype'] == 'bfloat16'
+
+
+def test_bfloat16_takes_half_the_bytes_on_disk(tmp_path):
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(64, 2, D * 16, generator=g)
+    w = StoreWriter(tmp_path / 'f', config={'seed': 0}, columns={'x': {'shape': [2, D * 16], 'dtype': 'float32'}}, n_rows=64, rows_per_shard=32)
+    for j in w.todo():
+        rows = np.array(w.rows_of(j)); w.write_shard(j, pa.table({'example_id': rows, 'x': to_arrow(x[rows].numpy())}))
+    f32 = ActivationStore(w.finish())
+    b16 = bf16_store(tmp_path / 'b', x, rows_per_shard=32)
+    ratio = b16.disk_bytes()['x'] / f32.disk_bytes()['x']
+    assert 0.45 < ratio < 0.55, ratio  # 2 bytes a value instead of 4 (random values: snappy saves little on either)
+    field = pa.parquet.read_schema(b16.files[0]).field('x')
+    assert field.metadata == {b'actlab.dtype': b'bfloat16'}  # a bare pyarrow reader is told what the 16-bit values are
+
+
+def test_bfloat16_resume_and_combine_keep_the_dtype(tmp_path):
+    x = torch.randn(10, 2, D)
+    spec_b = dict(config={'seed': 0}, columns={'x': {'shape': [2, D], 'dtype': 'bfloat16'}}, n_rows=10, rows_per_shard=4)
+    w = StoreWriter(tmp_path / 'r', **spec_b)
+    w.write_shard(0, pa.table({'example_id': np.arange(4), 'x': to_arrow(to_bf16_bits(x[:4]))})); w.release()  # "crash" after shard 0
+    w = StoreWriter(tmp_path / 'r', **spec_b)
+    assert w.todo() == [1, 2]
+    for j in w.todo():
+        rows = np.array(w.rows_of(j)); w.write_shard(j, pa.table({'example_id': rows, 'x': to_arrow(to_bf16_bits(x[rows]))}))
+    st = ActivationStore(w.finish())
+    assert torch.equal(st.tensor('x'), x.to(torch.bfloat16))
+    with pytest.raises(StoreConfigError, match="columns.x.dtype: 'bfloat16' -> 'float32'"):  # never mixed into a float32 store
+        StoreWriter(tmp_path / 'r', **{**spec_b, 'columns': {'x': {'shape': [2, D], 'dtype': 'float32'}}})
+    parts = [bf16_store(tmp_path / f'w{i}', x[i::2], rows_per_shard=3, ids=np.arange(10)[i::2], worker=(i, 2)) for i in range(2)]
+    c = combine([p.path for p in parts], tmp_path / 'c')
+    assert c.dtype('x') == 'bfloat16'
+    got = c.tensor('x')
+    want = torch.cat([x[0::2], x[1::2]]).to(torch.bfloat16)
+    assert torch.equal(got, want)
+
+
+def test_bfloat16_bad_input_is_one_clear_error(tmp_path):
+    with pytest.raises(StoreError, match="column 'x': dtype must be one of 'float32', 'float16', 'bfloat16'"):
+        StoreWriter(tmp_path / 'bad', **spec(columns={'x': {'shape': [2, D], 'dtype': 'bf16'}}))
+    assert not (tmp_path / 'bad').exists() or not any((tmp_path / 'bad').iterdir())
+    w = StoreWriter(tmp_path / 'f', **spec(columns={'x': {'shape': [2, D], 'dtype': 'bfloat16'}}))
+    with pytest.raises(StoreError, match='holds its bits'): w.write_shard(0, table(w.rows_of(0)))  # float32 into a bfloat16 column
+    w.release()
+    w = StoreWriter(tmp_path / 'g', **spec())
+    bits = pa.table({'example_id': [0, 1, 2, 3], 'x': to_arrow(to_bf16_bits(torch.zeros(4, 2, D)))})
+    with pytest.raises(StoreError, match='only a bfloat16 column holds uint16'): w.write_shard(0, bits)
+    w.release()
+    st = bf16_store(tmp_path / 'b', torch.randn(6, 2, D))
+    with pytest.raises(StoreError, match='numpy has no bfloat16'): st.numpy('x', dtype='bfloat16')
+    with pytest.raises(StoreError, match='bfloat16_bits=True'): st.to_hf(cache_dir=str(tmp_path / 'hf'))
+    ds = st.to_hf(cache_dir=str(tmp_path / 'hf'), bfloat16_bits=True)
+    raw = np.asarray(ds['x'], np.float16).view(np.uint16).reshape(6, 2, D)
+    assert torch.equal(bf16_bits_to_tensor(raw), st.tensor('x'))
+
+
+def test_a_bfloat16_manifest_over_plain_float16_files_is_damage(tmp_path):
+    "A shard whose field lacks the bfloat16 marker (e.g. a float16 file put in its place) is refused, not misread."
+    st = bf16_store(tmp_path / 'b', torch.randn(6, 2, D), rows_per_shard=6)
+    f = st.files[0]
+    t = pa.parquet.read_table(f)
+    plain = t.set_column(t.column_names.index('x'), 'x', t['x'])  # same values, the field's metadata dropped
+    pa.parquet.write_table(plain, f)
+    with pytest.raises(StoreDamagedError, match="column 'x' .* bfloat16 in the manifest"): ActivationStore(tmp_path / 'b')
+
+
+def test_pin_memory_on_the_cpu(tmp_path):
+    st = fill(tmp_path / 's')
+    before = [b['x'] for b in st.dataloader('x', batch_size=3, shuffle=False)]
+    for kw in (dict(), dict(device='cpu'), dict(device='cpu', pin_memory=None), dict(pin_memory=False)):
+        got = [b['x'] for b in st.dataloader('x', batch_size=3, shuffle=False, **kw)]
+        assert len(got) == len(before) and all(torch.equal(a, b) for a, b in zip(got, before)), kw
+        assert not any(b.is_pinned() for b in got)
+    assert resolve_pin_memory(None, 'cpu') is False
+    torch.manual_seed(0); a = list(st.sae_provider('x', batch_size=4, epochs=1, device='cpu', pin_memory=None))
+    torch.manual_seed(0); b = list(st.sae_provider('x', batch_size=4, epochs=1))
+    assert all(torch.equal(p, q) for p, q in zip(a, b)) and len(a) == len(b)
+    if not torch.cuda.is_available():
+        assert resolve_pin_memory(None, 'cuda') is False
+        for call in (lambda: st.dataloader('x', pin_memory=True), lambda: st.tensor('x', pin_memory=True),
+                     lambda: next(st.sae_provider('x', batch_size=4, pin_memory=True))):
+            with pytest.raises(StoreError, match='pin_memory=True needs CUDA'): call()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA device')
+def test_pinned_batches_reach_the_gpu(tmp_path):
+    st = bf16_store(tmp_path / 'b', torch.randn(10, 2, D))
+    b = next(iter(st.dataloader('x', batch_size=5, shuffle=False, device='cuda')))
+    assert b['x'].is_cuda and b['x'].dtype == torch.bfloat16 and torch.equal(b['x'].cpu(), st.tensor('x')[:5])
+    p = next(st.sae_provider('x', batch_size=4, device='cuda'))
+    assert p.is_cuda and p.dtype == torch.float32
