@@ -139,7 +139,10 @@ def parse_gpu_smoke(out: str) -> list[dict]:
     if 'skipped' in out: return [_row('gpu_smoke', 'CUDA smoke run: skipped (no CUDA device visible)', None, '', '', None)]
     r = _result(out)
     if r is None: return []
-    return [_row('gpu_smoke', f"CUDA: {k}", v.get('seconds'), v.get('note', ''), 'runs', v.get('ok')) for k, v in r['phases'].items()]
+    dev = r.get('device', 'CUDA')
+    return [_row('gpu_smoke', f"{dev}: {k}" + (f" ({v['seconds']:.1f} s)" if v.get('seconds') is not None and v.get('value') is not None else ''),
+                 v['value'] if v.get('value') is not None else v.get('seconds'), v.get('note', ''), 'runs', v.get('ok'))
+            for k, v in r['phases'].items()]
 
 
 def parse_scale(out: str) -> list[dict]:
