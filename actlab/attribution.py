@@ -149,7 +149,7 @@ def attribution_patch(model: HookedTransformer,  # the model to patch
                 _, base_l, grads_l = _run(model, base_tok[ex], ex, a, d, metric_fn, names, grad_names, stop_grad_layer=gl)
                 size += torch.stack([_effect(model, site, lyr, base_l, src, grads_l, qk_fix, mask) for lyr in range(L)], 1).abs()
             eff = torch.where(eff < 0, -1.0, 1.0) * size / (L - 1)
-        out[ex] = m.view(-1, *[1] * len(shape)) + eff
+        out[ex] = (m.view(-1, *[1] * len(shape)) + eff).float()  # float32 whatever the model's dtype
         base_metric[ex] = m
     if verify_top:
         flat = (out - base_metric.view(-1, *[1] * len(shape))).abs().reshape(N, -1)

@@ -135,7 +135,7 @@ def build_dashboard_data(model,  # a HookedTransformer
     w = getattr(model.ln_final, 'w', None)
     WU = model.W_U * w[:, None] if w is not None else model.W_U
     W_dec = sae.W_dec if sae.W_dec.shape[1] == model.cfg.d_model else torch.zeros(sae.cfg.d_sae, model.cfg.d_model)
-    effects = (W_dec @ WU).cpu().numpy()
+    effects = (W_dec.float() @ WU.float().to(W_dec.device)).cpu().numpy()  # float32 whatever the model's dtype
     vocab = [model.to_string(i) for i in range(model.cfg.d_vocab)]
     info = dict(model=getattr(model, 'actlab_identity', {}).get('name', model.cfg.model_name), sae=f'{sae.cfg.architecture()}'
                 if callable(getattr(sae.cfg, 'architecture', None)) else type(sae).__name__, hook=hook, n_pairs=len(pairs))

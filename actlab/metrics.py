@@ -46,7 +46,7 @@ def margin(logits: Float[Tensor, "n d_vocab"],  # logits at the answer position
     (a,) = _check_ids(logits, answer_ids)
     ans = logits.gather(1, a[:, None]).squeeze(1)
     others = logits.scatter(1, a[:, None], float('-inf'))
-    return ans - others.max(-1).values
+    return ans.float() - others.max(-1).values.float()  # float32 whatever the model's dtype (the subtraction is exact)
 
 def logit_diff(logits: Float[Tensor, "n d_vocab"],  # logits at the answer position
                answer_ids: Int[Tensor, " n"],  # the answer token per row

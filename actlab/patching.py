@@ -549,7 +549,7 @@ def logit_diff_from_resid(model: HookedTransformer,  # the model whose final LN 
         lyr = (x * W[:, ids].T).sum(-1) + bU[ids]
         cap = model.cfg.output_logits_soft_cap
         return cap * torch.tanh(lyr / cap) if cap > 0 else lyr
-    return logit(answer_ids) - logit(distractor_ids)
+    return logit(answer_ids).float() - logit(distractor_ids).float()  # float32 whatever the model's dtype
 
 @torch.no_grad()
 def prompt_logit_diff(model: HookedTransformer,  # the model to run

@@ -83,7 +83,7 @@ class PathPatchResult:
 
 def _final_metric(model, resid: Tensor, ex: Tensor, a, d, metric) -> Tensor:
     "The per-example metric from the final residual stream `[r, pos, d_model]` of examples `ex`."
-    return metric_from_resid(model, resid, ex, a, d, metric)
+    return metric_from_resid(model, resid, ex, a, d, metric).float()  # float32 whatever the model's dtype
 
 def _run_cached(model, tokens: Tensor, names: set[str], start_at_layer: int | None = None, inp: Tensor | None = None, hooks=(), **kw):
     "One forward to the final residual stream, keeping the activations at `names`."

@@ -184,7 +184,7 @@ def as_sae_transformer(model,  # a HookedTransformer (returned as is if already 
     out = HookedSAETransformer(model.cfg, tokenizer=getattr(model, 'tokenizer', None))
     out.load_state_dict(model.state_dict())
     if hasattr(model, 'actlab_identity'): out.actlab_identity = dict(model.actlab_identity)
-    return out.to(model.cfg.device).eval()
+    return out.to(model.cfg.device, print_details=False).eval()  # TransformerLens prints the move otherwise
 
 # %% ../nbs/08b_sae_eval.ipynb #92b4644e
 @torch.no_grad()

@@ -33,10 +33,11 @@ from .saes import SAETrainConfig, TensorProvider, train_sae, load_sae, plot_hist
 from .sae_eval import recovery_table, plot_recovery, grouped_holdout, store_vectors, heldout_eval, heldout_claims
 
 # %% auto #0
-__all__ = ['PHASES', 'FIGURE_NOTES', 'CLAIM_FIGURES', 'ModelConfig', 'ExtractionPhase', 'ProbesPhase', 'SAEPhase', 'StudyConfig',
-           'figure_note', 'fit_figure', 'position_label', 'relabel_positions', 'claim_numbers', 'findings_html',
-           'read_claims', 'add_claims', 'go_copy', 'Report', 'plot_condition_intervals', 'ResultsFolderError',
-           'check_devices', 'check_study_inputs', 'check_class_sizes', 'claim_folder', 'run_study']
+__all__ = ['PHASES', 'MODEL_DTYPES', 'FIGURE_NOTES', 'CLAIM_FIGURES', 'ModelConfig', 'ExtractionPhase', 'ProbesPhase', 'SAEPhase',
+           'StudyConfig', 'figure_note', 'fit_figure', 'position_label', 'relabel_positions', 'claim_numbers',
+           'findings_html', 'read_claims', 'add_claims', 'go_copy', 'Report', 'plot_condition_intervals',
+           'ResultsFolderError', 'check_devices', 'check_study_inputs', 'check_class_sizes', 'claim_folder',
+           'run_study']
 
 # %% ../nbs/11_study.ipynb #b6f63565
 from .features import FeatureConfig
@@ -44,15 +45,19 @@ from .features import FeatureConfig
 # %% ../nbs/11_study.ipynb #33e8f8d1
 PHASES = ('baseline', 'patching', 'extraction', 'probes', 'sae', 'features')  # A, B, C, D (probes, SAEs), E
 
+MODEL_DTYPES = {'float32': torch.float32, 'bfloat16': torch.bfloat16, 'float16': torch.float16}
+
 @dataclass
 class ModelConfig(Config):
     "Which model the study runs on."
     name: str = 'builtin'  # 'builtin', a local checkpoint folder, or a TransformerLens model name
     device: str | None = None  # None: cuda if available, else cpu
+    dtype: str = 'float32'  # the model's weights and forwards: 'float32', 'bfloat16' or 'float16' (16-bit: for GPUs)
 
     def __post_init__(self):  # the name's form here; whether this machine has it is checked when a study starts
         check(bool(self.name), "model.name must not be empty; use 'builtin', a checkpoint folder or a TransformerLens model name")
         check_device(self.device, available=False, where='model.device')
+        check(self.dtype in MODEL_DTYPES, f"model.dtype must be one of {list(MODEL_DTYPES)}, got {self.dtype!r}")
 
 @dataclass
 class ExtractionPhase(ExtractConfig):
@@ -102,6 +107,7 @@ class SAEPhase(SAETrainConfig):
     pretrained_id: str = ''  # the SAE id within the release (e.g. 'blocks.8.hook_resid_pre')
     heldout_frac: float = 0.2  # fraction of the clean prompts held out of SAE training and scored (every position, both prompt kinds)
     heldout_text_rows: int = 256  # sequences of the built-in LM's corpus test split for CE/KL recovered (0: skip)
+    device: str | None = None  # where the SAE trains; None: the model's device
 
     def __post_init__(self):
         super().__post_init__()
@@ -110,9 +116,10 @@ class SAEPhase(SAETrainConfig):
         check(0 < self.heldout_frac < 1, f"heldout_frac must be in (0, 1), got {self.heldout_frac}")
         check(self.heldout_text_rows >= 0, f"heldout_text_rows must be >= 0, got {self.heldout_text_rows}")
 
-    def train_config(self) -> SAETrainConfig:
-        "The plain `SAETrainConfig`."
-        return SAETrainConfig(**{f.name: getattr(self, f.name) for f in fields(SAETrainConfig)})
+    def train_config(self, model_device: str = 'cpu') -> SAETrainConfig:  # the device used when `device` is None
+        "The plain `SAETrainConfig` (on `device`, or the model's device when that is None)."
+        return SAETrainConfig(**{f.name: getattr(self, f.name) for f in fields(SAETrainConfig) if f.name != 'device'},
+                              device=self.device or model_device)
 
 @dataclass
 class StudyConfig(Config):
@@ -514,6 +521,7 @@ def run_study(cfg: StudyConfig = StudyConfig(),  # the study: task, model, phase
     check_devices(cfg)  # before anything is loaded or written
     if folder.exists() and any(folder.iterdir()) and not overwrite: claim_folder(folder, cfg)  # refuse early, before loading the model
     model = load_model(cfg.model.name, device=cfg.model.device)
+    if cfg.model.dtype != 'float32': model = model.to(MODEL_DTYPES[cfg.model.dtype], print_details=False)  # TL updates cfg.dtype
     pairs = make_pairs(cfg.task, model.tokenizer)
     check_study_inputs(cfg, model, pairs)  # every check that needs no phase: before phase A
     claim_folder(folder, cfg, overwrite)
@@ -688,7 +696,7 @@ def run_study(cfg: StudyConfig = StudyConfig(),  # the study: task, model, phase
         in_held = lambda m: m.example_id.isin(held_ids).to_numpy()
         x_train, x_held = store_vectors(sae_store, sae_site, where=lambda m: ~in_held(m)), store_vectors(sae_store, sae_site, where=in_held)
         n_train = len(x_train)
-        tr = train_sae(cfg.sae.train_config(), TensorProvider(x_train, cfg.sae.batch_size, seed=cfg.sae.seed), run_dir=run_dir,
+        tr = train_sae(cfg.sae.train_config(str(model.cfg.device)), TensorProvider(x_train, cfg.sae.batch_size, seed=cfg.sae.seed), run_dir=run_dir,
                        hook_name=sae_site, model=sae_store.manifest.get('model'), progress=progress, overwrite=True)
         sae = tr.sae
         rep.fig(plot_history(tr.history, title=f'SAE training ({cfg.sae.architecture}, d_sae={cfg.sae.d_sae})'))

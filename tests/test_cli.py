@@ -100,3 +100,29 @@ def test_train_model_loads_the_cached_model(tmp_path):
     r = actlab('train-model', '--out', tmp_path)
     assert r.returncode == 0, r.stderr
     assert 'weights_hash' in json.loads((tmp_path / 'model' / 'manifest.json').read_text())['model']
+
+
+def test_the_whole_study_runs_on_a_bfloat16_model(tmp_path):
+    "model.dtype='bfloat16': every phase runs, and its baseline is the float32 model's up to bfloat16 rounding."
+    import json
+    import pandas as pd
+    from scipy.stats import spearmanr
+    from actlab.study import StudyConfig, ModelConfig, ExtractionPhase, SAEPhase, run_study
+    from actlab.tasks import TaskConfig
+    from actlab.patching import PatchingConfig
+    from actlab.baseline import evaluate_pairs
+    from actlab.models import load_model
+    from actlab.tasks import make_pairs
+    cfg = StudyConfig(name='bf16', task=TaskConfig(n_per_cell=6, suffix_lengths=(1, 4)), model=ModelConfig(device='cpu', dtype='bfloat16'),
+                      patching=PatchingConfig(sites=('resid_pre',)), extraction=ExtractionPhase(n_top_sites=1, progress=False),
+                      sae=SAEPhase(steps=10, d_sae=32, batch_size=32, norm_rows=64))
+    folder = run_study(cfg, tmp_path, progress=False)
+    m = json.loads((folder / 'manifest.json').read_text())
+    assert m['phases'] == list(cfg.phases) and m['study']['model']['dtype'] == 'bfloat16'
+    claims = json.loads((folder / 'claims.json').read_text())['claims']
+    assert claims and all(isinstance(c['holds'], bool) for c in claims)
+    bf = pd.read_parquet(folder / 'baseline_scores.parquet')
+    model = load_model('builtin', device='cpu')
+    f32 = evaluate_pairs(model, make_pairs(cfg.task, model.tokenizer))
+    col = next(c for c in ('margin_corrupted', 'margin', 'logit_diff_corrupted', 'logit_diff') if c in bf)
+    assert len(bf) == len(f32) and spearmanr(bf[col], f32[col]).statistic > 0.9, col
