@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from actlab.models import byte_bpe_tokenizer, gpt2_shape_checkpoint, load_model, task_text
@@ -111,7 +112,6 @@ def _bound_mb(ckpt: Path, folder: Path, cfg: StudyConfig, base_mb: float) -> flo
 
 @slow
 def test_whole_study_at_gpt2_small_shape(tmp_path):
-    import subprocess
     script = _script()
     ckpt = gpt2_shape_checkpoint(tmp_path / 'model', seed=0)
     m = load_model(str(ckpt), device='cpu')
@@ -128,7 +128,7 @@ def test_whole_study_at_gpt2_small_shape(tmp_path):
     claims = json.loads((folder / 'claims.json').read_text())['claims']
     assert claims and all('holds' in c for c in claims)
     assert man['model']['path'] == str(ckpt.resolve())
-    pex = __import__('pandas').read_parquet(folder / 'patching_examples.parquet')
+    pex = pd.read_parquet(folder / 'patching_examples.parquet')
     assert len(pex) == man['n_pairs'] == len(cfg.task.families) * len(cfg.task.suffix_lengths) * cfg.task.n_per_cell
     bound = _bound_mb(ckpt, folder, cfg, max(base['peak_rss_mb'].values()))
     sampled = {k: v for k, v in res['peak_rss_mb'].items() if k in cfg.phases}
