@@ -131,8 +131,8 @@ def test_whole_study_at_gpt2_small_shape(tmp_path):
     pex = pd.read_parquet(folder / 'patching_examples.parquet')
     assert len(pex) == man['n_pairs'] == len(cfg.task.families) * len(cfg.task.suffix_lengths) * cfg.task.n_per_cell
     bound = _bound_mb(ckpt, folder, cfg, max(base['peak_rss_mb'].values()))
-    sampled = {k: v for k, v in res['peak_rss_mb'].items() if k in cfg.phases}
-    assert set(sampled) == set(cfg.phases), sampled  # every phase was sampled at least once
+    sampled = {k: v for k, v in res['peak_rss_mb'].items() if k in (script.SETUP, *cfg.phases)}
+    assert set(sampled) == {script.SETUP, *cfg.phases}, sampled  # loading, and every phase, sampled at least once
     assert all(np.isfinite(v) and 0 < v < bound for v in sampled.values()), (sampled, bound)
     recorded = man.get('peak_rss_mb')  # the study's own per-phase record, where this version writes one
     if recorded is not None:
