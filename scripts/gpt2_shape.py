@@ -40,8 +40,11 @@ def _rss_mb(pid: int) -> float:
     return total
 
 
-def _done_phases(manifest: Path) -> list[str]:
+def _done_phases(manifest: Path, since: float) -> list[str]:
+    "The phases `manifest` lists, if this run wrote it (modified after `since`; an older one is a previous run's)."
     try:
+        if manifest.stat().st_mtime < since:
+            return []
         return list(json.loads(manifest.read_text()).get('phases', []))
     except (OSError, ValueError):
         return []
@@ -60,8 +63,11 @@ def monitored_run(cmd: list[str],  # the command (e.g. `actlab run CONFIG --out 
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
         started = False
         while proc.poll() is None:
-            done = _done_phases(manifest)
-            started = started or (folder / 'study.yaml').exists()
+            done = _done_phases(manifest, t0)
+            try:  # the run writes study.yaml once the model is loaded and the pairs made (a previous run's is older)
+                started = started or (folder / 'study.yaml').stat().st_mtime >= t0
+            except OSError:
+                pass
             todo = [p for p in phases if p not in done]
             phase = (todo[0] if todo else 'end') if started else SETUP
             peaks[phase] = max(peaks.get(phase, 0.0), _rss_mb(proc.pid))
