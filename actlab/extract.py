@@ -129,6 +129,9 @@ def rescue_table(result: pd.DataFrame | dict,  # a phase-B result: a DataFrame, 
     return (df.groupby(['site', 'pos'], dropna=False, as_index=False)
               .agg(hook=('hook', 'first'), layer=('layer', 'first'), head=('head', 'first'), rescue=('rescue', 'mean')))
 
+def _best_pos(pos: pd.Series, rescue: pd.Series):  # a site's best position; NaN when no example scored it (e.g. a position only degenerate runs have)
+    return pos.loc[rescue.idxmax()] if rescue.notna().any() else np.nan
+
 def top_sites(result: pd.DataFrame | dict,  # phase-B result (see above)
               k: int = 4,  # how many sites
               hook_types: Sequence[str] | None = None,  # keep only hooks ending in these, e.g. ['resid_mid', 'attn_out']
@@ -141,7 +144,7 @@ def top_sites(result: pd.DataFrame | dict,  # phase-B result (see above)
     if hook_types: t = t[[any(h.endswith(x) for x in hook_types) for h in t.hook]]
     if t.empty: raise ValueError(f"no sites left in the result (hook_types={hook_types})")
     s = t.groupby('site', as_index=False).agg(hook=('hook', 'first'), layer=('layer', 'first'), head=('head', 'first'),
-                                              score=('rescue', agg), best_pos=('pos', lambda p: p.loc[t.loc[p.index, 'rescue'].idxmax()]))
+                                              score=('rescue', agg), best_pos=('pos', lambda p: _best_pos(p, t.loc[p.index, 'rescue'])))
     s = s.sort_values(['score', 'site'], ascending=[False, True]).head(k).reset_index(drop=True)
     return s if return_scores else s.site.tolist()
 

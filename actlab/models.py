@@ -25,10 +25,11 @@ if TYPE_CHECKING:  # names used only in string annotations
     import datasets
 
 # %% auto #0
-__all__ = ['RECIPES', 'DEFAULT_MODEL_DIR', 'DEFAULT_CORPUS_DIR', 'BuiltinModelConfig', 'text_words', 'filler_words',
+__all__ = ['RECIPES', 'DEFAULT_MODEL_DIR', 'DEFAULT_CORPUS_DIR', 'GPT2_EOT', 'BuiltinModelConfig', 'text_words', 'filler_words',
            'CorpusBuilder', 'build_corpus', 'save_corpus', 'load_corpus', 'heldout_ce', 'train_builtin_model',
            'save_model', 'ModelLoadError', 'load_saved_model', 'data_dir', 'builtin_folder', 'corpus_folder',
-           'builtin_corpus', 'load_builtin_model', 'load_model', 'random_like']
+           'builtin_corpus', 'load_builtin_model', 'load_model', 'random_like', 'task_text', 'byte_bpe_tokenizer',
+           'gpt2_shape_checkpoint']
 
 # %% ../nbs/02_models.ipynb #0151bfa4
 @dataclass
@@ -412,3 +413,51 @@ def random_like(model: HookedTransformer,  # the model whose architecture and to
     rnd.actlab_identity = dict(name=f'random_like({getattr(model, "actlab_identity", {}).get("name", "model")}, seed={seed})',
                                weights_hash=state_dict_hash(rnd.state_dict()), path=None)
     return rnd
+
+# %% ../nbs/02_models.ipynb #g2shape02
+GPT2_EOT = '<|endoftext|>'  # GPT-2's BOS, EOS and unknown token
+
+def task_text(cfg: TaskConfig = TaskConfig(),  # the task whose prompts, answers and suffix words the text covers
+             ) -> list[str]:
+    "Text the task generates: every problem in every template with its answer, every number, every family's suffix words (with a leading space)."
+    lines = [f'{p.render(t)} {p.answer}' for p in all_problems(cfg) for t in range(len(TEMPLATES[p.op]))]
+    lines.append(' ' + ' '.join(str(i) for i in range(cfg.max_number + 2)))
+    for pool in SUFFIX_FAMILIES.values(): lines += [' ' + ' '.join(pool)] * 4  # a suffix word follows a space, as in a prompt
+    return lines
+
+def byte_bpe_tokenizer(cfg: TaskConfig = TaskConfig(),  # the task whose text the tokenizer is trained on (`task_text`)
+                       save_dir: str | Path | None = None,  # where it is saved (None: a temporary folder)
+                       vocab_size: int = 2048,  # the most tokens it learns (the task's text needs far fewer)
+                      ):
+    "A GPT-2-style byte-level BPE tokenizer trained on `task_text(cfg)`, with `<|endoftext|>` as BOS/EOS/unknown, saved and reloaded."
+    import tempfile
+    from tokenizers import Tokenizer, models, pre_tokenizers, decoders, trainers, processors
+    from transformers import PreTrainedTokenizerFast, AutoTokenizer
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)  # GPT-2's: ' 7' and ' banana' are pre-tokens of their own
+    tok.decoder, tok.post_processor = decoders.ByteLevel(), processors.ByteLevel(trim_offsets=False)
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=1, special_tokens=[GPT2_EOT], show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())  # every byte: any text encodes
+    tok.train_from_iterator(task_text(cfg), trainer=trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=GPT2_EOT, eos_token=GPT2_EOT, unk_token=GPT2_EOT)
+    save_dir = Path(save_dir) if save_dir is not None else Path(tempfile.mkdtemp(prefix='actlab_bpe_'))
+    fast.save_pretrained(save_dir)
+    return AutoTokenizer.from_pretrained(str(save_dir.resolve()), local_files_only=True)
+
+# %% ../nbs/02_models.ipynb #g2shape04
+def gpt2_shape_checkpoint(folder: str | Path,  # where to write the checkpoint (about 500 MB at GPT-2 small's shape)
+                          seed: int = 0,  # the seed of the random weights
+                          n_layer: int = 12, n_embd: int = 768, n_head: int = 12,  # GPT-2 small's architecture by default
+                          vocab_size: int = 50257,  # the model's vocabulary (GPT-2's); the tokenizer's ids are a prefix of it
+                          task: TaskConfig = TaskConfig(),  # the task the tokenizer is trained on
+                         ) -> Path:
+    "A random-weight GPT-2 `transformers` checkpoint plus a byte-level BPE tokenizer in `folder`, loadable with `load_model(folder)`."
+    from transformers import GPT2Config, GPT2LMHeadModel
+    folder = Path(folder); folder.mkdir(parents=True, exist_ok=True)
+    tok = byte_bpe_tokenizer(task, folder)
+    check(len(tok) <= vocab_size, f"vocab_size={vocab_size} is smaller than the tokenizer's {len(tok)} tokens; raise vocab_size")
+    torch.manual_seed(seed)
+    hf_cfg = GPT2Config(n_layer=n_layer, n_embd=n_embd, n_head=n_head, vocab_size=vocab_size, n_positions=1024, n_ctx=1024,
+                        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
+    GPT2LMHeadModel(hf_cfg).eval().save_pretrained(folder, safe_serialization=True)
+    return folder

@@ -87,3 +87,24 @@ def test_gpt2_preset_fails_fast_offline(preset):
                            capture_output=True, text=True, timeout=120)
     if r.returncode == 0: pytest.skip('a hub is reachable here: the preset ran')
     assert r.returncode == 2 and 'Traceback' not in r.stderr and 'builtin' in r.stderr
+
+
+def test_gpt2_shape_preset_hook_names_exist_at_gpt2_small_shape(gpt2):
+    "configs/gpt2-shape-cpu.yaml (the gpt2-small study on a random local GPT-2): its sites exist in gpt2-small's architecture."
+    from actlab.patching import SITES
+    shape = StudyConfig.from_yaml(CONFIGS / 'gpt2-shape-cpu.yaml')
+    for h in [shape.sae.site, shape.probes.site, *shape.extraction.hooks]:
+        assert Site.parse(h).hook in gpt2.hook_dict, f'{h} is not a hook of gpt2-small'
+    assert all(s in SITES for s in shape.patching.sites) and shape.patching.method('head') == 'atp_verify'
+    assert shape.sae.d_sae % gpt2.cfg.d_model == 0  # a whole multiple of d_model 768
+
+
+def test_gpt2_shape_preset_without_its_checkpoint_is_one_line():
+    "Before `scripts/gpt2_shape.py make`, the preset's run stops at the model with one line naming what to give."
+    with tempfile.TemporaryDirectory() as d:
+        cfg = StudyConfig.from_yaml(CONFIGS / 'gpt2-shape-cpu.yaml')
+        cfg = cfg.replace(model=cfg.model.replace(name=str(Path(d) / 'no-checkpoint-here')))
+        cfg.to_yaml(Path(d) / 'c.yaml')
+        r = subprocess.run([sys.executable, '-m', 'actlab.cli', 'run', str(Path(d) / 'c.yaml'), '--out', d],
+                           capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and 'Traceback' not in r.stderr and 'folder' in r.stderr, r.stderr
