@@ -891,9 +891,14 @@ def dashboard_extras(model,  # a HookedTransformer
                      pairs,  # an `actlab.tasks.PairSet` tokenized for `model`
                      n: int = 24,  # pairs used at most
                      family: str | None = None,  # the OOD family (default: the first, alphabetically, in `pairs`)
+                     max_paths: int = 4096,  # sender × receiver pairs path-patched at most: above it, only the top heads (below)
+                     top_heads: int = 12,  # with too many paths: the heads with the largest mean |AtP effect| send, and their q/k/v receive
                     ) -> dict:
-    "Path patching (senders × receivers) and AtP vs exact head patching on up to `n` pairs of one OOD family at its longest suffix: `DashboardData.extras`."
-    from actlab.path_patching import path_patch
+    """Path patching (senders × receivers) and AtP vs exact head patching on up to `n` pairs of one OOD family at its longest
+    suffix: `DashboardData.extras`. Every sender into every receiver grows as the square of the model (GPT-2 small: 156 × 433);
+    past `max_paths` the view is restricted to the `top_heads` heads AtP ranks highest on these same pairs (a display
+    choice, not a claim) and the final residual stream."""
+    from actlab.path_patching import path_patch, senders_of, receivers_of
     from actlab.attribution import attribution_patch
     from actlab.patching import per_example_patch, prompt_logit_diff
     from actlab.tasks import family_kind
@@ -903,10 +908,16 @@ def dashboard_extras(model,  # a HookedTransformer
     groups = sub.filter(suffix_length=int(sub.df.suffix_length.max())).groups()
     g = max(groups, key=lambda g: len(g.df))
     c, x, a, d = g.tokens('clean')[:n], g.tokens('corrupted')[:n], g.answer_ids[:n], g.distractor_ids[:n]
-    paths = path_patch(model, c, x, a, d)
     est, exa = attribution_patch(model, c, x, a, d, site='head'), per_example_patch(model, c, x, a, d, site='head')
     base = prompt_logit_diff(model, x, a, d).reshape(-1, 1, 1)
     L, H = est.shape[1:]
+    senders = receivers = None
+    if len(senders_of(model)) * len(receivers_of(model)) > max_paths:
+        top = (est - base).abs().mean(0).flatten().argsort(descending=True)[:top_heads]
+        heads = sorted((int(i) // H, int(i) % H) for i in top)
+        senders = [f'L{lyr}H{h}' for lyr, h in heads]
+        receivers = [r for r in receivers_of(model) if r == 'resid_final' or any(r.startswith(f'L{lyr}H{h}.') for lyr, h in heads)]
+    paths = path_patch(model, c, x, a, d, senders=senders, receivers=receivers)
     ids = g.df.example_id.to_numpy()[:len(c)]
     atp = pd.DataFrame(dict(example_id=np.repeat(ids, L * H), layer=np.tile(np.repeat(np.arange(L), H), len(c)), head=np.tile(np.arange(H), len(c) * L),
                             exact=(exa - base).reshape(-1).cpu().numpy(), atp=(est - base).reshape(-1).cpu().numpy()))
