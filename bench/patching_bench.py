@@ -7,9 +7,10 @@ Two model shapes, each in its own section of the output (tagged `[builtin]` and 
 - the built-in model (`actlab.models.load_model()`: 6 layers, d_model 64), N pairs of the default study (512 by default,
   64 with --quick); skipped with --gpt2-shape;
 - a random-weight HookedTransformer with GPT-2 small's architecture (12 layers, d_model 768, 12 heads, d_mlp 3072,
-  d_vocab 50257, n_ctx 1024, pre-LN, gelu_new) on --gpt2-pairs pairs (24; 8 with --quick) of the same study (the word
-  tokenizer's ids fit inside GPT-2's vocabulary); the per-example TL loop is not run there (it would take most of an hour
-  on 2 cores); skipped with --no-gpt2-shape.
+  d_vocab 50257, n_ctx 1024, pre-LN, gelu_new) on --gpt2-pairs pairs (8; 4 with --quick) of the same study, by default
+  all of the study's median prompt length (--gpt2-seq-len; the word tokenizer's ids fit inside GPT-2's vocabulary). The
+  batched loop costs about n_layers x positions GPT-2 forwards per group, a few seconds each on 2 loaded cores, hence the
+  small count; the per-example TL loop is not run there; skipped with --no-gpt2-shape.
 For each pair, in equal-length groups, computes the per-example metric (--metric: the logit difference, or
 `actlab.metrics.margin`, which the study patches on) after patching each clean activation of the site into the corrupted run:
 - ours: `actlab.patching.per_example_patch(..., site=..., metric=...)` (batched, from the cached residual stream);
@@ -178,17 +179,23 @@ def timed(sides, data, repeats):
     return {name: (med([t for t, _ in ts]), med([c for _, c in ts]), outs[name]) for name, ts in times.items()}
 
 
-def select_pairs(model, n):
+def select_pairs(model, n, seq_len=None):
+    "`n` pairs of the default study drawn at random (seed 0); only prompts of `seq_len` tokens with BOS if given (-1: the median length)."
     pairs = make_pairs(TaskConfig(), model.tokenizer)
+    df = pairs.df
+    if seq_len is not None:
+        if seq_len == -1: seq_len = int(np.sort(df.seq_len.to_numpy())[len(df) // 2]) + 1
+        df = df[df.seq_len + 1 == seq_len]
+        if not len(df): sys.exit(f'no pairs of {seq_len} tokens; the study has lengths {sorted(pairs.df.seq_len.unique() + 1)} (with BOS)')
     rng = np.random.default_rng(0)
-    sub = pairs.df.iloc[np.sort(rng.choice(len(pairs.df), size=min(n, len(pairs.df)), replace=False))].reset_index(drop=True)
+    sub = df.iloc[np.sort(rng.choice(len(df), size=min(n, len(df)), replace=False))].reset_index(drop=True)
     return PairSet(sub, pairs.tokenizer, pairs.cfg)
 
 
-def run_shape(tag, model, what, n, args, per_example_loop):
+def run_shape(tag, model, what, n, args, per_example_loop, seq_len=None):
     "Time ours against the baselines on `n` pairs of the study on `model`; print every line with `[tag]` in front."
     say = lambda msg: print(f'[{tag}] {msg}', flush=True)
-    pairs = select_pairs(model, n)
+    pairs = select_pairs(model, n, seq_len)
     groups = pairs.groups()
     say(f'model: {what}; layers={model.cfg.n_layers}, d_model={model.cfg.d_model}, heads={model.cfg.n_heads}, d_vocab={model.cfg.d_vocab}')
     say(f'pairs: {len(pairs)} in {len(groups)} equal-length groups; seq lengths {sorted(pairs.df.seq_len.unique() + 1)} (with BOS); '
@@ -200,8 +207,8 @@ def run_shape(tag, model, what, n, args, per_example_loop):
     loop_fn = lambda c, x, a, d: batched_hook_loop(model, args.site, c, x, a, d, args.metric)
     tl_fn = lambda c, x, a, d: per_example_tl_loop(model, args.site, c, x, a, d, args.metric)
     sides = [('ours', ours_fn), ('batched hook loop', loop_fn)] + ([('per-example TL loop', tl_fn)] if per_example_loop else [])
-    warm = tuple(t[:2] for t in data[0])
-    for _, fn in sides: fn(*warm)  # warm-up: the same small group for every side
+    warm = tuple(t[:1] for t in data[0])
+    for _, fn in sides: fn(*warm)  # warm-up: the same pair for every side
     res = timed(sides, data, args.repeats)
     ours = res['ours'][2]
     say(f'patch sites: {sum(o.numel() for o in ours)} (examples x sites; each baseline runs one forward per site and batch / example)')
@@ -237,7 +244,9 @@ def main():
     shape = ap.add_mutually_exclusive_group()
     shape.add_argument('--gpt2-shape', action='store_true', help='only the GPT-2-small-shaped random model (skip the built-in model)')
     shape.add_argument('--no-gpt2-shape', action='store_true', help='only the built-in model (skip the GPT-2-small shape)')
-    ap.add_argument('--gpt2-pairs', type=int, default=None, help='pairs on the GPT-2-small shape (default 24, 8 with --quick)')
+    ap.add_argument('--gpt2-pairs', type=int, default=None, help='pairs on the GPT-2-small shape (default 8, 4 with --quick)')
+    ap.add_argument('--gpt2-seq-len', type=int, default=-1,
+                    help='GPT-2 shape: only pairs of this many tokens (with BOS); -1 (default): the study\'s median length; 0: any length')
     args = ap.parse_args()
     for k in ('pairs', 'gpt2_pairs', 'repeats'):
         v = getattr(args, k)
@@ -251,7 +260,7 @@ def main():
         del model
     if not args.no_gpt2_shape:
         model, what = load_gpt2_shape()
-        run_shape('gpt2-small', model, what, args.gpt2_pairs or (8 if args.quick else 24), args, False)
+        run_shape('gpt2-small', model, what, args.gpt2_pairs or (4 if args.quick else 8), args, False, args.gpt2_seq_len or None)
 
 
 if __name__ == '__main__':
