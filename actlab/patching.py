@@ -37,10 +37,11 @@ __all__ = ['SITES', 'HEAD_ACTS', 'METHODS', 'PATCH_METRICS', 'DIRECTIONS', 'PATC
            'layer_head_dest_src_pos_pattern_patch_setter', 'METRICS', 'RESCUE_NA', 'PatchingConfig', 'check_tokens',
            'check_hook_name', 'memory_budget', 'rows_per_chunk', 'generic_activation_patch',
            'get_act_patch_attn_head_all_pos_every', 'get_act_patch_attn_head_by_pos_every', 'get_act_patch_block_every',
-           'tiny_model', 'logit_diff_from_resid', 'prompt_logit_diff', 'n_site_heads', 'site_shape', 'resolve_metric',
-           'per_example_patch', 'metric_from_resid', 'degenerate_mask', 'rescue_scores', 'SweepResult', 'sweep',
-           'site_label', 'site_kind', 'classify', 'GroupResult', 'PatchingResult', 'patch_pairs', 'patching_result',
-           'heatmap_layer_pos', 'heatmap_layer_pos_by_family', 'heatmap_layer_head', 'heatmap_layer_head_by_family']
+           'tiny_model', 'logit_diff_from_resid', 'prompt_logit_diff', 'n_site_heads', 'site_shape',
+           'LastPositionMetric', 'resolve_metric', 'per_example_patch', 'metric_from_resid', 'degenerate_mask',
+           'rescue_scores', 'SweepResult', 'sweep', 'site_label', 'site_kind', 'classify', 'GroupResult',
+           'PatchingResult', 'patch_pairs', 'patching_result', 'heatmap_layer_pos', 'heatmap_layer_pos_by_family',
+           'heatmap_layer_head', 'heatmap_layer_head_by_family']
 
 # %% ../nbs/04_patching.ipynb #7cf225ea
 SITES: dict[str, tuple[str, tuple[str, ...]]] = {
@@ -292,8 +293,11 @@ def _prefix_reuse_ok(model: HookedTransformer) -> bool:
             and not c.use_split_qkv_input and not c.use_attn_in and not (tok is not None and getattr(tok, 'padding_side', 'right') == 'left'))
 
 def _forward_cost(model: HookedTransformer) -> float:
-    "Fixed cost of one forward call, in units of (row x position) of compute: a heuristic that only affects speed."
-    return 5e7 / (24 * model.cfg.d_model ** 2 + 1)
+    """Fixed cost of one forward call, in units of (row x position) of compute: a heuristic that only affects speed. The
+    Python overhead of a call (large next to a small model's compute) plus its weight reads: a call streams every weight
+    matrix of its layers once, as much time as a few hundred row-positions cost (at GPT-2 small's shape on CPU, merging
+    the starts of a layer into one forward ran 2-7x faster than counting the Python overhead alone)."""
+    return 5e7 / (24 * model.cfg.d_model ** 2 + 1) + 256
 
 def _start_buckets(start: Tensor, seq: int, c0: float, rows: int) -> list[tuple[int, Tensor]]:
     """Group patched rows by the position their forward starts at. A row whose patch first changes position `s` may start
@@ -591,6 +595,12 @@ def _site_indices(model, site: str, seq: int) -> tuple[str, tuple[str, ...], lis
 
 METRICS = ('logit_diff', 'margin')  # named per-example metrics; a callable `(logits [r, pos, d_vocab], example_index [r]) -> [r]` also works
 
+class LastPositionMetric:
+    "A per-example metric of the last position's logits only, `fn(logits [r, d_vocab], example_index [r]) -> [r]`; called like any metric on `[r, pos, d_vocab]`."
+    last_position_only = True  # sweeps may start forwards mid-sequence and unembed the last position alone
+    def __init__(self, fn: Callable): self.fn = fn
+    def __call__(self, logits, example_index): return self.fn(logits[:, -1], example_index)
+
 def resolve_metric(metric,  # None/'logit_diff', 'margin', or a callable (logits [r, pos, d_vocab], example_index [r]) -> [r]
                    answer_ids: Int[Tensor, " N"] | None,  # the answer token per prompt (needed by 'margin')
                    distractor_ids: Int[Tensor, " N"] | None,  # the distractor token per prompt
@@ -600,7 +610,7 @@ def resolve_metric(metric,  # None/'logit_diff', 'margin', or a callable (logits
     if callable(metric): return metric
     if metric == 'margin':
         if answer_ids is None: raise ValueError("metric 'margin' needs answer_ids (one answer token per prompt)")
-        return lambda logits, idx: M.margin(logits[:, -1], answer_ids.to(logits.device)[idx])  # the one definition, actlab.metrics
+        return LastPositionMetric(lambda last, idx: M.margin(last, answer_ids.to(last.device)[idx]))  # the one definition, actlab.metrics
     raise ValueError(f"unknown metric {metric!r}{_did_you_mean(str(metric), METRICS)}; choose from {list(METRICS)} or pass "
                      "a callable (logits [r, pos, d_vocab], example_index [r]) -> [r]")
 
@@ -642,17 +652,20 @@ def per_example_patch(model: HookedTransformer,  # the model to patch
     by_layer = {}
     for i, idx in enumerate(indices): by_layer.setdefault(idx[0], []).append(i)
     names = [tl_utils.get_act_name(act, layer=lyr) for lyr in range(model.cfg.n_layers)]
-    prefix_ok = _prefix_reuse_ok(model) and metric is None
+    last_only = metric is None or getattr(metric, 'last_position_only', False)  # read from the last position's final residual
+    prefix_ok = _prefix_reuse_ok(model) and last_only
     kv = [f'blocks.{lyr}.attn.hook_{x}' for lyr in range(model.cfg.n_layers) for x in 'kv'] if prefix_ok else []
     for s in range(0, N, b):
         ex = slice(s, min(N, s + b))
         ex_idx = torch.arange(ex.start, ex.stop, device=dev)
-        run = _Corrupted(model, corrupted_tokens[ex], names + kv, output='resid' if metric is None else 'logits',
+        run = _Corrupted(model, corrupted_tokens[ex], names + kv, output='resid' if last_only else 'logits',
                          clean_tokens=clean_tokens[ex], clean_names=names, max_rows=rows)
         clean_cache = run.clean
         if metric is None:
             a, d = answer_ids[ex].to(dev), distractor_ids[ex].to(dev)
             base = logit_diff_from_resid(model, run.output, a, d)
+        elif last_only:
+            base = metric_from_resid(model, run.output, ex_idx, answer_ids, distractor_ids, metric)
         else:
             base = _check_per_example(metric(run.output, ex_idx), len(ex_idx))
         for layer, ids in by_layer.items():
@@ -673,8 +686,9 @@ def per_example_patch(model: HookedTransformer,  # the model to patch
                 for r0 in range(0, len(sel), rows):
                     j, i = pj[sel[r0:r0 + rows]], pi[sel[r0:r0 + rows]]
                     hook = _mask_hook(clean_act.narrow(1 + pax, p, seq - p), i, masks[j].narrow(1 + pax, p, seq - p))
-                    res = run.forward(names[layer], hook, i, to_resid=metric is None, start_pos=p)
+                    res = run.forward(names[layer], hook, i, to_resid=last_only, start_pos=p)
                     if metric is None: v = logit_diff_from_resid(model, res, a[i], d[i])
+                    elif last_only: v = metric_from_resid(model, res, ex_idx[i], answer_ids, distractor_ids, metric)
                     else: v = _check_per_example(metric(res, ex_idx[i]), len(i))
                     vals[j, i] = v.to(vals.dtype)
             for jj, idx_i in enumerate(ids): out[(ex, *indices[idx_i])] = vals[jj]
@@ -685,10 +699,11 @@ def metric_from_resid(model: HookedTransformer,  # the model whose final LN and 
                       example_index: Int[Tensor, " r"],  # which example (row of `answer_ids`) each run belongs to
                       answer_ids: Int[Tensor, " N"] | None,  # the answer token per example
                       distractor_ids: Int[Tensor, " N"] | None,  # the distractor token per example
-                      metric: Callable | None = None,  # None (the logit difference) or (logits [r, pos, d_vocab], example_index [r]) -> [r]
+                      metric: Callable | None = None,  # None (the logit difference) or (logits [r, pos, d_vocab], example_index [r]) -> [r] (a `LastPositionMetric`: the last position only is unembedded)
                      ) -> Float[Tensor, " r"]:
     "Per-example metric `[r]` from the final residual stream `[r, pos, d_model]`: the logit difference (metric None) or `metric(logits, example_index)`."
     if metric is None: return logit_diff_from_resid(model, resid, answer_ids[example_index], distractor_ids[example_index])
+    if getattr(metric, 'last_position_only', False): resid = resid[:, -1:]  # LayerNorm and unembedding act per position
     x = model.ln_final(resid) if model.cfg.normalization_type is not None else resid
     return _check_per_example(metric(model.unembed(x), example_index), len(example_index))
 

@@ -73,6 +73,40 @@ def test_per_example_matches_transformer_lens_per_prompt(arch):
             torch.testing.assert_close(ours[i], theirs, atol=1e-4, rtol=0, msg=f'{arch} {site} {i}')
 
 
+
+@pytest.mark.parametrize('arch', ['ln_standard_4h', 'lnpre_rotary_2h', 'rms_3layer_8h'])
+def test_margin_matches_transformer_lens_per_prompt(arch):
+    "metric='margin' (the study's) equals TransformerLens on each prompt alone with actlab.metrics.margin as its metric."
+    from actlab import metrics as M
+    model = tiny_model(**ARCHS[arch])
+    clean, corrupted = batch(model, b=4)
+    a = torch.tensor([3, 4, 5, 6])
+    for site, tl_name in [('resid_pre', 'get_act_patch_resid_pre'), ('head_by_pos', 'get_act_patch_attn_head_out_by_pos'),
+                          ('mlp_out', 'get_act_patch_mlp_out')]:
+        ours = per_example_patch(model, clean, corrupted, a, site=site, metric='margin', memory_mb=0.01)
+        for i in range(len(clean)):
+            _, cache = model.run_with_cache(clean[i:i + 1])
+            theirs = getattr(TLP, tl_name)(model, corrupted[i:i + 1], cache, lambda lg, i=i: M.margin(lg[:, -1], a[i:i + 1])[0])
+            torch.testing.assert_close(ours[i], theirs, atol=1e-4, rtol=0, msg=f'{arch} {site} {i}')
+
+
+def test_margin_sweep_starts_at_the_first_changed_position():
+    "Under metric='margin' a patch's forward skips the positions before the first one it changes, as for the logit difference."
+    model = tiny_model(n_layers=3)
+    clean, corrupted = batch(model, b=4, seq=9, span=(5, 7))  # clean and corrupted agree on positions 0..4
+    a, d = torch.arange(4), torch.arange(4) + 4
+    widths = {}
+    for metric in (None, 'margin', lambda lg, i: P.resolve_metric('margin', a, None)(lg, i)):  # the last: a plain callable
+        seen = []
+        model.hook_dict['blocks.2.hook_resid_pre'].add_perma_hook(lambda x, hook: seen.append(x.shape[1]))
+        try:
+            per_example_patch(model, clean, corrupted, a, d, site='resid_pre', metric=metric, memory_mb=64)
+        finally:
+            model.reset_hooks(including_permanent=True)
+        widths[metric if isinstance(metric, (str, type(None))) else 'callable'] = seen
+    assert min(widths[None]) < clean.shape[1] and widths['margin'] == widths[None]
+    assert set(widths['callable']) == {clean.shape[1]}  # a metric that may read any position gets whole-sequence forwards
+
 def test_budget_changes_split_not_result():
     model = tiny_model()
     clean, corrupted = batch(model, b=6)
