@@ -1,5 +1,6 @@
 """Put the benchmark table from bench/results.json (written by bench/run_all.py) and the scale table from bench/scale.json
-(written by bench/scale_bench.py) into the README's performance section.
+(written by bench/scale_bench.py) and the GPT-2-shape study from bench/gpt2_shape.json (scripts/gpt2_shape.py run) into
+the README, each between its markers in nbs/index.ipynb.
 
     python bench/run_all.py --only extract_saelens_bench.py ...   # writes bench/results.json
     python bench/render_perf.py                                   # rewrites the table in nbs/index.ipynb, then README.md
@@ -14,6 +15,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 START, END = '<!-- bench:start -->', '<!-- bench:end -->'
 SCALE_START, SCALE_END = '<!-- scale:start -->', '<!-- scale:end -->'
+G2_START, G2_END = '<!-- gpt2shape:start -->', '<!-- gpt2shape:end -->'
 
 
 def render(results: dict) -> str:
@@ -53,6 +55,20 @@ def render_scale(scale: dict) -> str:
     return '\n'.join(lines)
 
 
+def render_gpt2_shape(run: dict) -> str:
+    "The GPT-2-small-shape study's per-phase table from bench/gpt2_shape.json (written by scripts/gpt2_shape.py run)."
+    m = run['model']; man = run.get('manifest_peak_rss_mb') or {}
+    lines = [f"{run['n_pairs']} pairs on a random {m['n_layers']}-layer, d_model {m['d_model']}, {m['n_heads']}-head model with "
+             f"vocabulary {m['d_vocab']}; OMP_NUM_THREADS={run['threads']}; load average {', '.join(f'{x:.1f}' for x in run['load'])} "
+             f"at the end; {run['date']}; `{run['command']}`" + ('' if run['returncode'] == 0 else f" (exit {run['returncode']})") + '.', '',
+             '| phase | seconds | peak RSS, manifest (MiB) | peak RSS, sampler (MiB) |', '|---|---:|---:|---:|']
+    if 'setup' in run['peak_rss_mb']: lines.append(f"| setup (imports, loading, pairs) | | | {run['peak_rss_mb']['setup']:.0f} |")
+    for ph, sec in run['seconds'].items():
+        lines.append(f"| {ph} | {sec:.1f} | {man[ph]:.0f} | {run['peak_rss_mb'][ph]:.0f} |" if ph in man else f"| {ph} | {sec:.1f} | | {run['peak_rss_mb'].get(ph, float('nan')):.0f} |")
+    lines.append(f"| **whole run (wall clock)** | **{run['wall_s']:.0f}** | | **{max(run['peak_rss_mb'].values()):.0f}** |")
+    return '\n'.join(lines)
+
+
 def _replace(src: str, start: str, end: str, body: str) -> str:
     return re.sub(re.escape(start) + r'.*?' + re.escape(end), lambda m: f'{start}\n{body}\n{end}', src, flags=re.S)
 
@@ -61,23 +77,27 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument('--results', default=str(ROOT / 'bench' / 'results.json'))
     ap.add_argument('--scale', default=str(ROOT / 'bench' / 'scale.json'))
+    ap.add_argument('--gpt2-shape', default=str(ROOT / 'bench' / 'gpt2_shape.json'))
     ap.add_argument('--check', action='store_true')
     a = ap.parse_args()
-    table = render(json.loads(Path(a.results).read_text()))
+    sections = [(START, END, lambda: render(json.loads(Path(a.results).read_text())))]
+    if Path(a.scale).exists(): sections.append((SCALE_START, SCALE_END, lambda: render_scale(json.loads(Path(a.scale).read_text()))))
+    if Path(a.gpt2_shape).exists(): sections.append((G2_START, G2_END, lambda: render_gpt2_shape(json.loads(Path(a.gpt2_shape).read_text()))))
     p = ROOT / 'nbs' / 'index.ipynb'
     nb = json.loads(p.read_text())
-    cell = next((c for c in nb['cells'] if START in ''.join(c['source'])), None)
-    if cell is None: sys.exit(f'no cell of {p} holds {START} ... {END}')
-    src = ''.join(cell['source'])
-    new = _replace(src, START, END, table)
-    if SCALE_START in new and Path(a.scale).exists(): new = _replace(new, SCALE_START, SCALE_END, render_scale(json.loads(Path(a.scale).read_text())))
+    if not any(START in ''.join(c['source']) for c in nb['cells']): sys.exit(f'no cell of {p} holds {START} ... {END}')
+    changed = []
+    for cell in nb['cells']:
+        src = new = ''.join(cell['source'])
+        for start, end, body in sections:
+            if start in new: new = _replace(new, start, end, body())
+        if new != src: changed.append(cell); cell['source'] = new.splitlines(True)
     if a.check:
-        if new != src: sys.exit('FAIL: the performance tables in nbs/index.ipynb are not bench/results.json and bench/scale.json: run python bench/render_perf.py')
-        print('performance table is current'); return
-    cell['source'] = new.splitlines(True)
+        if changed: sys.exit('FAIL: the performance tables in nbs/index.ipynb are not what bench/results.json, bench/scale.json and '
+                             'bench/gpt2_shape.json render to: run python bench/render_perf.py')
+        print('performance tables are current'); return
     p.write_text(json.dumps(nb, indent=1, ensure_ascii=False) + '\n')
     subprocess.run([sys.executable, str(ROOT / 'scripts' / 'build_readme.py')], check=True, cwd=ROOT)
-
 
 if __name__ == '__main__':
     main()
