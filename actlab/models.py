@@ -447,7 +447,9 @@ def byte_bpe_tokenizer(cfg: TaskConfig = TaskConfig(),  # the task whose text th
 # %% ../nbs/02_models.ipynb #g2shape04
 def gpt2_shape_checkpoint(folder: str | Path,  # where to write the checkpoint (about 500 MB at GPT-2 small's shape)
                           seed: int = 0,  # the seed of the random weights
-                          n_layer: int = 12, n_embd: int = 768, n_head: int = 12,  # GPT-2 small's architecture by default
+                          n_layer: int = 12,  # layers (GPT-2 small's by default)
+                          n_embd: int = 768,  # d_model
+                          n_head: int = 12,  # attention heads
                           vocab_size: int = 50257,  # the model's vocabulary (GPT-2's); the tokenizer's ids are a prefix of it
                           task: TaskConfig = TaskConfig(),  # the task the tokenizer is trained on
                          ) -> Path:
