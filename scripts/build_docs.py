@@ -184,6 +184,7 @@ def copy_assets(proc: Path):
         cmd = ['npm', 'ci' if (ASSETS / 'package-lock.json').exists() else 'install', '--no-audit', '--no-fund']
         subprocess.run(cmd, cwd=ASSETS, check=True)
     shutil.copy2(ASSETS / 'actlab.css', proc / 'assets' / 'actlab.css')
+    shutil.copytree(ASSETS / 'screenshots', proc / 'docs_src' / 'screenshots')  # the README's images, at the paths index.ipynb uses
     shutil.copy2(d3, dst / 'd3.v6.min.js')   # sae-vis pages ask for https://d3js.org/d3.v6.min.js
     wdst = proc / 'assets' / 'jupyter-widgets'
     if wdst.exists(): shutil.rmtree(wdst)

@@ -74,3 +74,13 @@ def test_pages_are_quiet_and_say_widgets_are_static(site):
         assert not found, f'{page.relative_to(site)}: {found}'
     for name, page in dashboard_pages(site).items():
         assert 'actlab-static-note' in page.read_text(), f'{name}: no notice that its widgets are a saved snapshot'
+
+
+def test_every_local_image_is_in_the_site(site):
+    "Each <img> a page shows from this repo (the README's screenshots and figures) is copied into the site beside it."
+    missing = []
+    for page in site.rglob('*.html'):
+        for src in re.findall(r'<img[^>]+src="([^"]+)"', page.read_text()):
+            if re.match(r'(data:|https?:|//)', src): continue
+            if not (page.parent / src.split('#')[0].split('?')[0]).exists(): missing.append(f'{page.relative_to(site)}: {src}')
+    assert not missing, missing
