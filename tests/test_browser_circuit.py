@@ -55,7 +55,12 @@ def test_clicking_a_node_opens_its_feature(browser, circuit_page):
     assert len(clear) >= 2, f'the circuit layout leaves fewer than two nodes clear of the others: {[round(gap(i)) for i in range(n)]}'
     for i in (clear[0], clear[-1]):  # two different nodes, first and last of the clear ones
         x, y, (site, feature) = xy[i]
-        page.mouse.move(x, y); page.mouse.click(x, y)
+        # plotly throttles hover and a click reports the last hovered point: wait until the hover is on node i, or a
+        # loaded machine clicks with the previous node's hover data
+        page.mouse.move(x, y)
+        page.wait_for_function('''([i]) => { const h = document.getElementById('actlab-circuit')._hoverdata;
+          return !!h && h.some(p => p.data.name === 'nodes' && p.pointNumber === i); }''', arg=[i], timeout=10_000)
+        page.mouse.click(x, y)
         page.wait_for_function(f'window.opened.length >= {1 if i == clear[0] else 2}', timeout=10_000)
         assert page.evaluate('window.opened')[-1] == [site, feature]
         assert page.inner_text('#circuit-selected') == f'{site} {feature}'
