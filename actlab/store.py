@@ -26,7 +26,7 @@ from torch import Tensor
 from .core import package_versions, file_sha256, atomic_write_json
 
 # %% auto #0
-__all__ = ['STORE_FORMAT', 'LABEL_COLUMNS', 'FAILURE_CLASSES', 'STORE_DTYPES', 'BF16_KEY', 'Where', 'StoreError',
+__all__ = ['STORE_FORMAT', 'LABEL_COLUMNS', 'FAILURE_CLASSES', 'TORCH_DTYPES', 'STORE_DTYPES', 'BF16_KEY', 'Where', 'StoreError',
            'StoreConfigError', 'StoreWriteError', 'StoreLockedError', 'StoreDamagedError', 'shard_name', 'to_arrow',
            'from_arrow', 'to_bf16_bits', 'bf16_bits_to_tensor', 'bf16_bits_to_float32', 'bf16_finite', 'arrow_field',
            'config_diff', 'StoreWriter', 'resolve_pin_memory', 'to_device', 'ActivationDataset', 'DeviceLoader',
@@ -74,7 +74,8 @@ def from_arrow(col: pa.ChunkedArray | pa.Array,  # a fixed-size-list column (e.g
     return flat.reshape(len(flat), *(shape or (width,)))
 
 # %% ../nbs/05_store.ipynb #b16a0002
-STORE_DTYPES = ('float32', 'float16', 'bfloat16')  # the dtypes an activation column can have on disk
+TORCH_DTYPES = {'float32': torch.float32, 'float16': torch.float16, 'bfloat16': torch.bfloat16}  # dtype names → torch: the store's and `model.dtype`'s one table
+STORE_DTYPES = tuple(TORCH_DTYPES)  # the dtypes an activation column can have on disk
 BF16_KEY = b'actlab.dtype'  # Arrow field metadata key naming the dtype of a uint16-coded column
 
 def to_bf16_bits(x: Tensor | np.ndarray,  # floats of any precision (a tensor on any device, or an array)
@@ -410,12 +411,10 @@ def to_device(t: Tensor,  # a CPU tensor (a batch)
         t = t.to(device, non_blocking=pin)
     return t if dtype is None else t.to(dtype)
 
-_TORCH = {'float32': torch.float32, 'float16': torch.float16, 'bfloat16': torch.bfloat16}
-
 def _as_torch_dtype(dtype) -> torch.dtype:
     "A torch dtype from a torch dtype, a numpy dtype or a name ('bfloat16', 'float32', ...)."
     if isinstance(dtype, torch.dtype): return dtype
-    if isinstance(dtype, str) and dtype in _TORCH: return _TORCH[dtype]
+    if isinstance(dtype, str) and dtype in TORCH_DTYPES: return TORCH_DTYPES[dtype]
     try: return torch.from_numpy(np.zeros(0, np.dtype(dtype))).dtype
     except TypeError as e: raise StoreError(f"dtype {dtype!r} is not a torch or numpy floating dtype: use e.g. torch.float32 or torch.bfloat16") from e
 
@@ -636,7 +635,7 @@ class ActivationStore:
         "The activations of `column` for the rows passing `where` as one tensor `[n, *shape]` (bfloat16 bit-exact)."
         dt, pin = self._torch_dtype(column, dtype), resolve_pin_memory(pin_memory, device)
         parts = [self._to_tensor(column, x) for x in self._iter_column(column, where)]
-        own = _TORCH[self.dtype(column)]
+        own = TORCH_DTYPES[self.dtype(column)]
         out = torch.cat(parts) if parts else torch.zeros((0, *self.shape(column)), dtype=own)
         out = to_device(out, device, dt, pin)
         return out.reshape(len(out), -1) if flatten else out
@@ -730,7 +729,7 @@ class ActivationStore:
         "An iterator of `[batch_size, d_in]` tensors (see `d_in`), shard order shuffled per epoch, mixed by SAELens's `mixing_buffer`."
         from sae_lens.training.mixing_buffer import mixing_buffer
         shape, m = self.shape(column), self.mask(where)
-        dt = _TORCH[self.dtype(column)] if dtype is None else _as_torch_dtype(dtype)
+        dt = TORCH_DTYPES[self.dtype(column)] if dtype is None else _as_torch_dtype(dtype)
         pin = resolve_pin_memory(pin_memory, device)
         if self.columns[column].get('positions') == 'all' and 'token_mask' in self.metadata_columns:
             n_vec = int(np.stack(self.metadata()['token_mask'].to_numpy()[m]).sum()) if m.any() else 0

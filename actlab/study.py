@@ -23,6 +23,7 @@ from .baseline import (evaluate_pairs, condition_table, plot_attribution, phenom
                              decodability_by_layer, decodability_table, decodable_upstream_claim)
 from .patching import PatchingConfig, heatmap_layer_pos_by_family, heatmap_layer_head
 from .extract import ExtractConfig, extract, top_sites
+from .store import TORCH_DTYPES
 from .rescue import site_rescue_claim
 from . import engine as _engine
 from .engine import EngineConfig
@@ -45,7 +46,7 @@ from .features import FeatureConfig
 # %% ../nbs/11_study.ipynb #33e8f8d1
 PHASES = ('baseline', 'patching', 'extraction', 'probes', 'sae', 'features')  # A, B, C, D (probes, SAEs), E
 
-MODEL_DTYPES = {'float32': torch.float32, 'bfloat16': torch.bfloat16, 'float16': torch.float16}
+MODEL_DTYPES = TORCH_DTYPES  # the names `model.dtype` accepts: the store's table, not a copy
 
 @dataclass
 class ModelConfig(Config):

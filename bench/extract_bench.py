@@ -4,13 +4,13 @@
    bare forward pass over the same prompts (clean and corrupted, pre-tokenized, no hooks), in the same run.
    Reports the throughput ratio extract/bare (target >= 0.8): runs are interleaved (bare, extract, bare, ...) and the
    ratio is the median over adjacent pairs, so load from other processes on a shared machine hits both sides alike.
-2. Memory: peak RSS of a whole extraction of 5k vs 50k examples, each in its own subprocess (resource.getrusage), with
+2. Memory: peak RSS of a whole extraction of 5k vs 50k examples, each in its own subprocess (actlab.core.PeakMemory around extract), with
    all positions stored so the data written (hundreds of MB at 50k) dwarfs any per-example bookkeeping.
 
 Usage: .venv/bin/python bench/extract_bench.py [--quick] [--model builtin|tiny] [--skip-rss]
 """
 from __future__ import annotations
-import argparse, json, os, resource, shutil, subprocess, sys, tempfile, time
+import argparse, json, os, shutil, subprocess, sys, tempfile, time
 from pathlib import Path
 
 os.environ.setdefault('OMP_NUM_THREADS', '1'); os.environ.setdefault('MKL_NUM_THREADS', '1')
@@ -78,25 +78,24 @@ def throughput(model, n: int, repeats: int, batch_size: int):
                 bare_ex_per_s=n / b, extract_ex_per_s=n / e, store_mb=size / 2**20, bare_all=bare, extract_all=ext)
 
 RSS_CHILD = '''
-import sys, resource, time, tempfile, shutil, json
+import sys, time, tempfile, shutil, json
 sys.path.insert(0, {bench!r})
 import extract_bench as eb
 from actlab.extract import extract, ExtractConfig
 model, _ = eb.get_model({kind!r})
 n, rows_per_shard = int(sys.argv[1]), int(sys.argv[2])
 pairs = eb.big_pairs(model, n)
-import psutil
-base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-cur = psutil.Process().memory_info().rss
+from actlab.core import PeakMemory, current_rss_mb
+cur = current_rss_mb()
 d = tempfile.mkdtemp(prefix='actlab-rss-')
 t0 = time.perf_counter()
-st = extract(model, pairs, d + '/s', ExtractConfig(hooks=eb.sites_for(model), positions='all', batch_size=256,
-             rows_per_shard=rows_per_shard, progress=False))
+with PeakMemory() as pm:  # the study's own meter (kernel high-water mark, reset on entry)
+    st = extract(model, pairs, d + '/s', ExtractConfig(hooks=eb.sites_for(model), positions='all', batch_size=256,
+                 rows_per_shard=rows_per_shard, progress=False))
 dt = time.perf_counter() - t0
 size = sum(f.stat().st_size for f in st.files)
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 shutil.rmtree(d)
-print(json.dumps(dict(n=n, peak_rss_mb=peak / 1024, peak_before_extract_mb=base / 1024, rss_before_extract_mb=cur / 2**20,
+print(json.dumps(dict(n=n, peak_rss_mb=pm.peak_mb, exact=pm.exact, rss_before_extract_mb=cur,
                       store_mb=size / 2**20, seconds=dt)))
 '''
 
@@ -132,9 +131,8 @@ def main():
         rs = [peak_rss(small, kind, rps), peak_rss(large, kind, rps)]
         print(f'peak RSS of a whole extraction (positions=all, {rps} rows per shard, each in its own process):')
         for r in rs:
-            print(f"  {r['n']:>6} examples: peak {r['peak_rss_mb']:.0f} MB (RSS with model and pairs loaded, before extract: "
-              f"{r['rss_before_extract_mb']:.0f} MB; peak so far {r['peak_before_extract_mb']:.0f} MB), "
-                  f"store {r['store_mb']:.0f} MB written in {r['seconds']:.1f} s")
+            print(f"  {r['n']:>6} examples: peak {r['peak_rss_mb']:.0f} MB during extract (RSS with model and pairs loaded, "
+                  f"before extract: {r['rss_before_extract_mb']:.0f} MB), store {r['store_mb']:.0f} MB written in {r['seconds']:.1f} s")
         print(f"  peak RSS ratio {large // 1000}k/{small // 1000}k = {rs[1]['peak_rss_mb'] / rs[0]['peak_rss_mb']:.2f} for "
               f"{rs[1]['store_mb'] / rs[0]['store_mb']:.0f}x the data")
 
