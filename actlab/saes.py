@@ -371,6 +371,24 @@ class LocalSAETrainer(SAETrainer):
         self.history: list[dict] = []
         self.on_log: list[Callable[[dict], None]] = []
 
+    # steps between host reads of the loss (each read waits for the device): None = every step on the CPU, where a
+    # read is free, and every `log_every` steps on an accelerator, where the log step reads anyway
+    finite_check_every: int | None = None
+
+    def _check_finite(self, pending: list):
+        "Raise `NonFiniteLossError` naming the first step of `pending` (`[(step, loss tensor)]`) whose loss is not finite: one host read."
+        if not pending: return
+        losses = pending[0][1].float().reshape(1).cpu() if len(pending) == 1 else torch.stack([l for _, l in pending]).float().cpu()
+        bad = (~torch.isfinite(losses)).nonzero()
+        if len(bad):
+            step, loss = pending[int(bad[0])][0], float(losses[int(bad[0])])
+            ck = self.checkpoints()
+            raise NonFiniteLossError(
+                f"the loss is {loss} at step {step}: stopped. "
+                + (f"The last good checkpoint is {ck[-1]} (resume=True continues from it). " if ck else "No checkpoint was written. ")
+                + "Check the activations for NaN/inf (the store manifest counts them), lower lr, or set normalize=True.")
+        pending.clear()
+
     def _is_logging_step(self) -> bool:  # SAELens asks the SAE for its extra metrics on these steps
         return (self.n_training_steps + 1) % self.tcfg.log_every == 0
 
@@ -455,9 +473,13 @@ class LocalSAETrainer(SAETrainer):
         batches = self.provider.batches(skip=self.n_training_steps)
         mfile = open(self.run_dir / 'metrics.jsonl', 'a') if self.run_dir else None
         bar = tqdm(total=total, initial=self.n_training_steps, desc='SAE', disable=not progress, leave=False)
+        every = self.finite_check_every or (1 if torch.device(self.cfg.device).type == 'cpu' else self.tcfg.log_every)
+        ckpt_every = self.tcfg.checkpoint_every if self.run_dir else 0
+        pending = []  # (step, loss) not yet read on the host
         try:
             while self.n_training_steps < total:
-                if stop_after is not None and self.n_training_steps >= stop_after: return False
+                if stop_after is not None and self.n_training_steps >= stop_after:
+                    self._check_finite(pending); return False
                 sparsity_log = self.maybe_reset_sparsity()
                 if sparsity_log and self.cfg.logger.log_to_wandb:
                     import wandb; wandb.log(sparsity_log, step=self.n_training_steps)
@@ -467,13 +489,10 @@ class LocalSAETrainer(SAETrainer):
                     raise ValueError(f"the data has d_in={batch.shape[-1]} but the SAE has d_in={self.sae.cfg.d_in}")
                 logging = self._is_logging_step()
                 out = self.step(batch)
-                loss = float(out.loss.detach())
-                if not math.isfinite(loss):
-                    ck = self.checkpoints()
-                    raise NonFiniteLossError(
-                        f"the loss is {loss} at step {self.n_training_steps + 1}: stopped. "
-                        + (f"The last good checkpoint is {ck[-1]} (resume=True continues from it). " if ck else "No checkpoint was written. ")
-                        + "Check the activations for NaN/inf (the store manifest counts them), lower lr, or set normalize=True.")
+                n = self.n_training_steps + 1
+                pending.append((n, out.loss.detach()))
+                # read the losses before anything is logged or checkpointed, so neither ever holds a non-finite state
+                if logging or len(pending) >= every or n >= total or (ckpt_every and n % ckpt_every == 0): self._check_finite(pending)
                 rec = self.record(out) if logging else None
                 self.n_training_steps += 1
                 if rec is not None:
@@ -488,6 +507,7 @@ class LocalSAETrainer(SAETrainer):
                     self.checkpoint()
                 bar.update(1)
         except KeyboardInterrupt:
+            self._check_finite(pending)  # a non-finite loss is the better error, and its state must not be checkpointed
             if self.run_dir: self.checkpoint()
             raise
         finally:

@@ -284,6 +284,31 @@ def test_nonfinite_loss_keeps_last_good_checkpoint(tmp_path):
     from safetensors.torch import load_file
     assert all(torch.isfinite(v).all() for v in load_file(ck / 'step_00000080' / 'sae_weights.safetensors').values())
 
+def test_deferred_loss_reads_still_name_the_first_bad_step(tmp_path, monkeypatch):
+    """On an accelerator the loss is read on the host only at log, checkpoint and end steps (one sync each), not every
+    step. Forced on here: the error still names the first non-finite step and no checkpoint holds its state."""
+    from actlab.saes import LocalSAETrainer
+    reads = []
+    orig = LocalSAETrainer._check_finite
+    def spy(self, pending):
+        if pending: reads.append(pending[-1][0])
+        return orig(self, pending)
+    monkeypatch.setattr(LocalSAETrainer, '_check_finite', spy)
+    monkeypatch.setattr(LocalSAETrainer, 'finite_check_every', 25)
+    x = sparse_data(2048)
+    cfg = small_cfg(normalize=False, log_every=60)  # checkpoints every 40 steps, 120 steps
+    train_sae(cfg, TensorProvider(x, 128), tmp_path / 'ok', progress=False)
+    assert reads == [25, 40, 60, 80, 105, 120], reads  # every 25 unread steps, and at each checkpoint, log and the last step
+    class Poisoned(TensorProvider):
+        def batches(self, skip=0):
+            for i, b in enumerate(super().batches(skip), start=skip):
+                yield b * float('nan') if i == 90 else b
+    with pytest.raises(NonFiniteLossError, match=r'step 91.*step_00000080'):
+        train_sae(cfg, Poisoned(x, 128), tmp_path / 'bad', progress=False)
+    assert sorted(p.name for p in (tmp_path / 'bad' / 'checkpoints').iterdir()) == ['step_00000040', 'step_00000080']
+    h = read_history(tmp_path / 'bad')
+    assert h.step.max() == 60 and np.isfinite(h.loss).all()  # logged at 60; the read at step 105 stopped it before any later log
+
 def test_as_sae_transformer_keeps_weights(tmp_path):
     from transformer_lens import HookedTransformer
     m = HookedTransformer(HookedTransformerConfig(n_layers=1, d_model=16, d_head=8, n_heads=2, d_mlp=32, n_ctx=12, d_vocab=40,
