@@ -223,12 +223,13 @@ def head_changes(model,  # a `HookedTransformer`
                  ) -> pd.DataFrame:
     "Per `by` cell and head: mean relative change `‖out_corrupted − out_clean‖ / mean‖out_clean‖` of the head's output at the answer position."
     names = [f'blocks.{l}.attn.hook_z' for l in range(model.cfg.n_layers)]
+    W_O = model.W_O.detach().float().cpu()  # [L, H, d_head, d_model], copied once (capture returns CPU tensors)
     per, dfs = [], []
     for g in pairs.groups():
         outs = {}
         for k in ('clean', 'corrupted'):
             z = capture(model, g.tokens(k), names)  # answer position: {name: [n, H, d_head]}
-            outs[k] = torch.stack([torch.einsum('nhd,hdm->nhm', z[n], model.W_O[l].detach().float().cpu()) for l, n in enumerate(names)], 1)  # [n, L, H, d]
+            outs[k] = torch.stack([torch.einsum('nhd,hdm->nhm', z[n], W_O[l]) for l, n in enumerate(names)], 1)  # [n, L, H, d]
         per.append(((outs['corrupted'] - outs['clean']).norm(dim=-1), outs['clean'].norm(dim=-1)))
         dfs.append(g.df)
     delta, ref = torch.cat([p[0] for p in per]).numpy(), torch.cat([p[1] for p in per]).numpy()
