@@ -38,10 +38,10 @@ __all__ = ['SITES', 'HEAD_ACTS', 'METHODS', 'PATCH_METRICS', 'DIRECTIONS', 'PATC
            'check_hook_name', 'memory_budget', 'rows_per_chunk', 'generic_activation_patch',
            'get_act_patch_attn_head_all_pos_every', 'get_act_patch_attn_head_by_pos_every', 'get_act_patch_block_every',
            'tiny_model', 'logit_diff_from_resid', 'prompt_logit_diff', 'n_site_heads', 'site_shape',
-           'LastPositionMetric', 'resolve_metric', 'per_example_patch', 'metric_from_resid', 'degenerate_mask',
-           'rescue_scores', 'SweepResult', 'sweep', 'site_label', 'site_kind', 'classify', 'GroupResult',
-           'PatchingResult', 'patch_pairs', 'patching_result', 'heatmap_layer_pos', 'heatmap_layer_pos_by_family',
-           'heatmap_layer_head', 'heatmap_layer_head_by_family']
+           'LastPositionMetric', 'resolve_metric', 'qkv_as_linear', 'per_example_patch', 'metric_from_resid',
+           'degenerate_mask', 'rescue_scores', 'SweepResult', 'sweep', 'site_label', 'site_kind', 'classify',
+           'GroupResult', 'PatchingResult', 'patch_pairs', 'patching_result', 'heatmap_layer_pos',
+           'heatmap_layer_pos_by_family', 'heatmap_layer_head', 'heatmap_layer_head_by_family']
 
 # %% ../nbs/04_patching.ipynb #7cf225ea
 SITES: dict[str, tuple[str, tuple[str, ...]]] = {
@@ -622,6 +622,28 @@ def _check_site(model, site: str):
         raise ValueError(f"the model is attention-only: it has a {site} hook that never fires; drop {site!r} from the sites "
                          "(PatchingConfig(sites=...))")
 
+@contextlib.contextmanager
+def qkv_as_linear(model: HookedTransformer,  # its attention blocks' `W_Q`, `W_K`, `W_V` are laid out anew inside the block
+                 ):
+    """For the length of the block, store each attention `W_Q`/`W_K`/`W_V` (`[head, d_model, d_head]`) in memory as the
+    `[head·d_head, d_model]` matrix TransformerLens's `simple_attn_linear` turns it into on every forward (`einops.rearrange`
+    then `F.linear`). That rearrange becomes a view instead of three weight copies per layer per forward call, which
+    costs a sweep of many small forwards about a tenth of its time at GPT-2 shape. Same values in the same parameter
+    objects, and `F.linear` gets the very matrix it got before, so results are bit-identical; the original storage comes
+    back on exit, errors included. Models whose attention takes other paths (4-bit, split q/k/v inputs) are left alone."""
+    saved, c = [], model.cfg
+    try:
+        if not (getattr(c, 'load_in_4bit', False) or c.use_split_qkv_input or c.use_attn_in):
+            for blk in model.blocks:
+                for name in ('W_Q', 'W_K', 'W_V'):
+                    w = getattr(getattr(blk, 'attn', None), name, None)
+                    if not isinstance(w, torch.nn.Parameter) or w.ndim != 3 or w.transpose(1, 2).is_contiguous(): continue
+                    saved.append((w, w.data))
+                    w.data = w.data.transpose(1, 2).contiguous().transpose(1, 2)
+        yield model
+    finally:
+        for w, data in saved: w.data = data
+
 @torch.no_grad()
 def per_example_patch(model: HookedTransformer,  # the model to patch
                       clean_tokens: Int[Tensor, "N pos"],  # the clean prompts' token ids
@@ -655,43 +677,63 @@ def per_example_patch(model: HookedTransformer,  # the model to patch
     last_only = metric is None or getattr(metric, 'last_position_only', False)  # read from the last position's final residual
     prefix_ok = _prefix_reuse_ok(model) and last_only
     kv = [f'blocks.{lyr}.attn.hook_{x}' for lyr in range(model.cfg.n_layers) for x in 'kv'] if prefix_ok else []
-    for s in range(0, N, b):
-        ex = slice(s, min(N, s + b))
-        ex_idx = torch.arange(ex.start, ex.stop, device=dev)
-        run = _Corrupted(model, corrupted_tokens[ex], names + kv, output='resid' if last_only else 'logits',
-                         clean_tokens=clean_tokens[ex], clean_names=names, max_rows=rows)
-        clean_cache = run.clean
-        if metric is None:
-            a, d = answer_ids[ex].to(dev), distractor_ids[ex].to(dev)
-            base = logit_diff_from_resid(model, run.output, a, d)
-        elif last_only:
-            base = metric_from_resid(model, run.output, ex_idx, answer_ids, distractor_ids, metric)
-        else:
-            base = _check_per_example(metric(run.output, ex_idx), len(ex_idx))
-        for layer, ids in by_layer.items():
-            clean_act, corr_act = clean_cache[names[layer]], run.cache[names[layer]]
-            masks = _masks(setter, act, clean_act, [indices[i] for i in ids])  # [K, *mask_shape]
-            # a patch that copies values equal to the corrupted ones changes nothing: its result is the corrupted run's
-            differs = _reduce_to_mask(clean_act != corr_act, masks.shape[1:])  # [b, *mask_shape]
-            needed = (masks[:, None] & differs[None]).flatten(2).any(-1)  # [K, b]
-            if where is not None: needed &= where[ex].to(dev).reshape(len(ex_idx), -1)[:, ids].T
-            vals = base[None].repeat(len(ids), 1)  # [K, b]
-            pj, pi = needed.nonzero(as_tuple=True)
-            if prefix_ok:  # first position each patch changes; earlier positions are the corrupted run's
-                changed = (masks[pj] & differs[pi]).movedim(1 + pax, 1).flatten(2).any(-1)  # [n, seq]
-                start = changed.int().argmax(1)
+    # a last-position metric other than the logit difference (e.g. margin) needs the full unembedding of each patched
+    # row: the final residuals wait and are unembedded together, `unembed_rows` at a time (a d_vocab-wide matmul on a
+    # few rows reads all of W_U for little work), the logits and one copy within the budget
+    elt = torch.finfo(model.cfg.dtype).bits // 8 if model.cfg.dtype.is_floating_point else 4
+    unembed_rows = max(rows, int(memory_mb * 2**20 // (2 * elt * model.cfg.d_vocab * 2)))
+    pending = []  # (vals [K, b], j, i, example index [r], final residual [r, 1, d_model]) not yet unembedded
+    def unembed_pending():
+        if not pending: return
+        v = metric_from_resid(model, torch.cat([r for *_, r in pending]), torch.cat([e for *_, e, _ in pending]),
+                              answer_ids, distractor_ids, metric)
+        for (vals, j, i, _, _), vi in zip(pending, v.split([len(e) for *_, e, _ in pending])): vals[j, i] = vi.to(vals.dtype)
+        pending.clear()
+    with qkv_as_linear(model):  # TL's per-forward copies of W_Q, W_K, W_V become views (same numbers)
+        for s in range(0, N, b):
+            ex = slice(s, min(N, s + b))
+            ex_idx = torch.arange(ex.start, ex.stop, device=dev)
+            run = _Corrupted(model, corrupted_tokens[ex], names + kv, output='resid' if last_only else 'logits',
+                             clean_tokens=clean_tokens[ex], clean_names=names, max_rows=rows)
+            clean_cache = run.clean
+            if metric is None:
+                a, d = answer_ids[ex].to(dev), distractor_ids[ex].to(dev)
+                base = logit_diff_from_resid(model, run.output, a, d)
+            elif last_only:
+                base = metric_from_resid(model, run.output, ex_idx, answer_ids, distractor_ids, metric)
             else:
-                start = torch.zeros_like(pj)
-            for p, sel in _start_buckets(start, seq, _forward_cost(model), rows):
-                for r0 in range(0, len(sel), rows):
-                    j, i = pj[sel[r0:r0 + rows]], pi[sel[r0:r0 + rows]]
-                    hook = _mask_hook(clean_act.narrow(1 + pax, p, seq - p), i, masks[j].narrow(1 + pax, p, seq - p))
-                    res = run.forward(names[layer], hook, i, to_resid=last_only, start_pos=p)
-                    if metric is None: v = logit_diff_from_resid(model, res, a[i], d[i])
-                    elif last_only: v = metric_from_resid(model, res, ex_idx[i], answer_ids, distractor_ids, metric)
-                    else: v = _check_per_example(metric(res, ex_idx[i]), len(i))
-                    vals[j, i] = v.to(vals.dtype)
-            for jj, idx_i in enumerate(ids): out[(ex, *indices[idx_i])] = vals[jj]
+                base = _check_per_example(metric(run.output, ex_idx), len(ex_idx))
+            layer_vals = []  # (ids, vals [K, b]) per layer, written to `out` once every pending row is unembedded
+            for layer, ids in by_layer.items():
+                clean_act, corr_act = clean_cache[names[layer]], run.cache[names[layer]]
+                masks = _masks(setter, act, clean_act, [indices[i] for i in ids])  # [K, *mask_shape]
+                # a patch that copies values equal to the corrupted ones changes nothing: its result is the corrupted run's
+                differs = _reduce_to_mask(clean_act != corr_act, masks.shape[1:])  # [b, *mask_shape]
+                needed = (masks[:, None] & differs[None]).flatten(2).any(-1)  # [K, b]
+                if where is not None: needed &= where[ex].to(dev).reshape(len(ex_idx), -1)[:, ids].T
+                vals = base[None].repeat(len(ids), 1)  # [K, b]
+                pj, pi = needed.nonzero(as_tuple=True)
+                if prefix_ok:  # first position each patch changes; earlier positions are the corrupted run's
+                    changed = (masks[pj] & differs[pi]).movedim(1 + pax, 1).flatten(2).any(-1)  # [n, seq]
+                    start = changed.int().argmax(1)
+                else:
+                    start = torch.zeros_like(pj)
+                for p, sel in _start_buckets(start, seq, _forward_cost(model), rows):
+                    for r0 in range(0, len(sel), rows):
+                        j, i = pj[sel[r0:r0 + rows]], pi[sel[r0:r0 + rows]]
+                        hook = _mask_hook(clean_act.narrow(1 + pax, p, seq - p), i, masks[j].narrow(1 + pax, p, seq - p))
+                        res = run.forward(names[layer], hook, i, to_resid=last_only, start_pos=p)
+                        if last_only and metric is not None:
+                            pending.append((vals, j, i, ex_idx[i], res[:, -1:]))
+                            if sum(len(e) for *_, e, _ in pending) >= unembed_rows: unembed_pending()
+                            continue
+                        if metric is None: v = logit_diff_from_resid(model, res, a[i], d[i])
+                        else: v = _check_per_example(metric(res, ex_idx[i]), len(i))
+                        vals[j, i] = v.to(vals.dtype)
+                layer_vals.append((ids, vals))
+            unembed_pending()
+            for ids, vals in layer_vals:
+                for jj, idx_i in enumerate(ids): out[(ex, *indices[idx_i])] = vals[jj]
     return out
 
 def metric_from_resid(model: HookedTransformer,  # the model whose final LN and unembedding are applied

@@ -336,3 +336,21 @@ def test_default_model_matches_transformer_lens():
         _, c1 = model.run_with_cache(clean[i:i + 1])
         theirs = TLP.get_act_patch_resid_pre(model, corrupted[i:i + 1], c1, ld_metric(a[i:i + 1], d[i:i + 1]))
         torch.testing.assert_close(ours[i], theirs, atol=1e-4, rtol=0)
+
+
+def test_qkv_relayout_changes_no_bit_of_a_sweep(monkeypatch):
+    """`per_example_patch` stores W_Q/W_K/W_V as the matrices TransformerLens's attention builds each forward (a view
+    instead of a copy). Every sweep, on both sites and metrics, equals the sweep without it bit for bit, and the
+    weights' storage is back afterwards."""
+    import contextlib
+    m = P.tiny_model(n_layers=2, d_model=32, n_heads=4, d_vocab=50)
+    g = torch.Generator().manual_seed(0)
+    clean = torch.randint(0, 50, (6, 7), generator=g); corr = clean.clone(); corr[:, 3:6] = torch.randint(0, 50, (6, 3), generator=g)
+    a, d = torch.arange(6), torch.arange(6) + 10
+    layout = lambda: [(b.attn.W_K.data_ptr(), b.attn.W_K.stride()) for b in m.blocks]
+    before = layout()
+    runs = lambda: [per_example_patch(m, clean, corr, a, d, site=s, metric=mt) for s in ('resid_pre', 'head_by_pos') for mt in (None, 'margin')]
+    with_relayout = runs()
+    assert layout() == before
+    monkeypatch.setattr(P, 'qkv_as_linear', lambda model: contextlib.nullcontext(model))
+    for x, y in zip(with_relayout, runs()): assert torch.equal(x, y)
