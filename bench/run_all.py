@@ -3,11 +3,13 @@
     .venv/bin/python bench/run_all.py            # each bench with --quick (a few minutes in all on 2 CPU cores)
     .venv/bin/python bench/run_all.py --full     # full sizes (the figures in the issues' targets)
     .venv/bin/python bench/run_all.py --only saes_bench.py --only probes_bench.py
+    .venv/bin/python bench/run_all.py --full --only patching_bench.py:margin   # one --full variant alone (VARIANTS)
 
 Each bench runs in its own process (with the same OMP/MKL thread settings as this one) and prints its ratio against a
 baseline measured in the same run; this script reads those printed lines (each bench's own format, parsed below) and
 keeps every bench's full output in --log-dir (default: a temporary folder, printed at the end). A bench without a parser
-below is still run and listed with its last output line. Exit status 1 if any bench fails or misses its target.
+below is still run and listed with its last output line. With --full, a bench in VARIANTS also runs once per variant
+(patching_bench on the margin, the study's metric, at GPT-2 shape). Exit status 1 if any bench fails or misses its target.
 """
 from __future__ import annotations
 import argparse, os, re, subprocess, sys, tempfile, time
@@ -197,6 +199,10 @@ PARSERS = {'scale_bench.py': parse_scale, 'extract_saelens_bench.py': parse_extr
            'saes_bench.py': parse_saes, 'atp_bench.py': parse_atp, 'path_bench.py': parse_path}
 
 
+# with --full, these runs of a bench follow its default one (select one alone with --only NAME:VARIANT)
+VARIANTS = {'patching_bench.py': {'margin': ['--gpt2-shape', '--metric', 'margin', '--no-per-example-loop']}}  # the study's metric
+
+
 def hardware() -> dict:
     import platform, torch
     cpu = platform.processor() or platform.machine()
@@ -208,8 +214,8 @@ def hardware() -> dict:
                 cuda=torch.cuda.get_device_name(0) if torch.cuda.is_available() else None, python=platform.python_version())
 
 
-def run_one(path: Path, full: bool, log_dir: Path, timeout: int) -> tuple[list[dict], float]:
-    cmd = [sys.executable, str(path)] + ([] if full else ['--quick'])
+def run_one(path: Path, full: bool, log_dir: Path, timeout: int, variant: str | None = None) -> tuple[list[dict], float]:
+    cmd = [sys.executable, str(path)] + ([] if full else ['--quick']) + (VARIANTS[path.name][variant] if variant else [])
     t0 = time.time()
     try:
         p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=HERE.parent)
@@ -217,10 +223,12 @@ def run_one(path: Path, full: bool, log_dir: Path, timeout: int) -> tuple[list[d
     except subprocess.TimeoutExpired as e:
         out, rc = (e.stdout or b'').decode() if isinstance(e.stdout, bytes) else (e.stdout or ''), 'timeout'
     secs = time.time() - t0
-    (log_dir / f'{path.stem}.log').write_text(f'$ {" ".join(cmd)}\n{out}')
+    (log_dir / f'{path.stem}{"-" + variant if variant else ""}.log').write_text(f'$ {" ".join(cmd)}\n{out}')
     parser = PARSERS.get(path.name)
     rows = parser(out) if parser else []
     for r in rows: r['command'] = ' '.join(['python', f'bench/{path.name}'] + cmd[2:])
+    if variant:
+        for r in rows: r['variant'] = variant
     skipped = any(r['metric'].endswith('(no CUDA device visible)') for r in rows)
     if rc != 0 or not rows or (all(r['ratio'] is None for r in rows) and not skipped):
         last = (out.strip().splitlines() or [''])[-1][:80]
@@ -241,7 +249,7 @@ def table(rows: list[dict]) -> str:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument('--full', action='store_true', help='full sizes instead of --quick')
-    ap.add_argument('--only', action='append', default=None, help='run only this bench file (repeatable)')
+    ap.add_argument('--only', action='append', default=None, help='run only this bench file, with its --full variants, or NAME:VARIANT alone (repeatable)')
     ap.add_argument('--log-dir', default=None, help='keep each bench output here')
     ap.add_argument('--timeout', type=int, default=3600, help='seconds per bench')
     ap.add_argument('--results', default=str(HERE / 'results.json'), help='write the rows, hardware and commands here (read by bench/render_perf.py)')
@@ -249,25 +257,31 @@ def main(argv=None) -> int:
     ap.add_argument('--scale', default=str(HERE / 'scale.json'), help='with --full and no --with-scale: the scale rows come from this file')
     a = ap.parse_args(argv)
     benches = sorted(p for p in HERE.glob('*.py') if p.name != Path(__file__).name and not p.name.startswith('_'))
-    if a.only: benches = [p for p in benches if p.name in a.only]
-    if not benches: print('no benchmarks found', file=sys.stderr); return 2
+    jobs = [(p, v) for p in benches for v in [None] + (list(VARIANTS.get(p.name, {})) if a.full else [])]
+    if a.only:
+        bad = [o for o in a.only if ':' in o and o.split(':', 1)[1] not in VARIANTS.get(o.split(':', 1)[0], {})]
+        if bad: print(f'unknown variant {bad[0]!r}; the variants are {[f"{b}:{v}" for b, vs in VARIANTS.items() for v in vs]}', file=sys.stderr); return 2
+        if any(':' in o for o in a.only) and not a.full: print('a NAME:VARIANT run needs --full', file=sys.stderr); return 2
+        jobs = [(p, v) for p, v in jobs if p.name in a.only or f'{p.name}:{v}' in a.only]
+    if not jobs: print('no benchmarks found', file=sys.stderr); return 2
     log_dir = Path(a.log_dir or tempfile.mkdtemp(prefix='actlab-bench-')); log_dir.mkdir(parents=True, exist_ok=True)
     rows = []
-    for p in benches:
+    for p, variant in jobs:
         if a.full and p.name == 'scale_bench.py' and not a.with_scale:  # hours at the default base: its own run, read back here
             r = scale_rows(Path(a.scale))
             print(f'scale_bench: {len(r)} rows read from {a.scale} (rerun it with --with-scale, or alone: python bench/scale_bench.py)',
                   file=sys.stderr, flush=True)
             rows += r; continue
-        print(f'running {p.name} ({"full" if a.full else "--quick"}) ...', file=sys.stderr, flush=True)
-        r, secs = run_one(p, a.full, log_dir, a.timeout)
+        print(f'running {p.name}{":" + variant if variant else ""} ({"full" if a.full else "--quick"}) ...', file=sys.stderr, flush=True)
+        r, secs = run_one(p, a.full, log_dir, a.timeout, variant)
         print(f'  {secs:.0f} s', file=sys.stderr, flush=True)
         rows += r
     print(table(rows))
     import datetime, json
     hw = hardware()
     prev = json.loads(Path(a.results).read_text()) if Path(a.results).exists() else {}
-    keep = [r for r in prev.get('rows', []) if r['bench'] not in {p.stem for p in benches}]  # rows of benches not rerun now
+    rerun = {(p.stem, v) for p, v in jobs}
+    keep = [r for r in prev.get('rows', []) if (r['bench'], r.get('variant')) not in rerun]  # rows of runs not rerun now
     Path(a.results).write_text(json.dumps(dict(rows=keep + [dict(dict(hardware=hw, mode='full' if a.full else 'quick',
                                                                   date=datetime.date.today().isoformat()), **r) for r in rows],
                                                command=' '.join(['python', 'bench/run_all.py'] + (argv or sys.argv[1:]))), indent=1))

@@ -63,3 +63,24 @@ def test_scale_figure_is_written(tmp_path):
     result = dict(runs=_runs(1.0), hardware=dict(cpus=2, omp_threads='1'), date='d')
     scale.plot(result, tmp_path / 'scale.png')
     assert (tmp_path / 'scale.png').stat().st_size > 10_000
+
+
+def test_a_variant_run_keeps_the_default_runs_rows(tmp_path, monkeypatch):
+    "`--only patching_bench.py:margin` replaces the margin rows only; `--only patching_bench.py` runs the default and each variant."
+    import json
+    res = tmp_path / 'results.json'
+    old = lambda metric, **kw: dict(run_all._row('patching_bench', metric, 1.0, '', '', None), **kw)
+    res.write_text(json.dumps(dict(rows=[old('logit_diff row'), old('old margin row', variant='margin')])))
+    calls = []
+    def fake_run_one(path, full, log_dir, timeout, variant=None):
+        calls.append((path.name, variant))
+        return [dict(run_all._row('patching_bench', f'new {variant or "default"} row', 2.0, '', '', None), **({'variant': variant} if variant else {}))], 0.0
+    monkeypatch.setattr(run_all, 'run_one', fake_run_one)
+    args = ['--full', '--results', str(res), '--log-dir', str(tmp_path)]
+    assert run_all.main(args + ['--only', 'patching_bench.py:margin']) == 0
+    assert [r['metric'] for r in json.loads(res.read_text())['rows']] == ['logit_diff row', 'new margin row']
+    calls.clear()
+    assert run_all.main(args + ['--only', 'patching_bench.py']) == 0
+    assert calls == [('patching_bench.py', None), ('patching_bench.py', 'margin')]
+    assert [r['metric'] for r in json.loads(res.read_text())['rows']] == ['new default row', 'new margin row']
+    assert run_all.main(args + ['--only', 'patching_bench.py:nope']) == 2
