@@ -724,7 +724,7 @@ def per_example_patch(model: HookedTransformer,  # the model to patch
                         hook = _mask_hook(clean_act.narrow(1 + pax, p, seq - p), i, masks[j].narrow(1 + pax, p, seq - p))
                         res = run.forward(names[layer], hook, i, to_resid=last_only, start_pos=p)
                         if last_only and metric is not None:
-                            pending.append((vals, j, i, ex_idx[i], res[:, -1:]))
+                            pending.append((vals, j, i, ex_idx[i], res[:, -1:].clone()))  # a copy: a view would keep every position alive
                             if sum(len(e) for *_, e, _ in pending) >= unembed_rows: unembed_pending()
                             continue
                         if metric is None: v = logit_diff_from_resid(model, res, a[i], d[i])
