@@ -162,6 +162,10 @@ def memory_budget(mb: float,  # the budget in MiB (> 0)
     try: yield
     finally: _MEMORY_MB[0] = old
 
+def _elt_bytes(model: HookedTransformer) -> int:
+    "Bytes per activation element of `model` (its dtype's width; 4 for a non-float dtype)."
+    return torch.finfo(model.cfg.dtype).bits // 8 if model.cfg.dtype.is_floating_point else 4
+
 def rows_per_chunk(model: HookedTransformer,  # the model (its config sets the activation sizes)
                    seq_len: int,  # tokens per sequence
                    memory_mb: float | None = None,  # budget in MiB (None: the current `memory_budget`)
@@ -174,7 +178,7 @@ def rows_per_chunk(model: HookedTransformer,  # the model (its config sets the a
     # the block's cached residual streams, keys and values; doubled for allocator slack (measured with peak RSS)
     per_pos = (14 * c.d_model + 6 * c.n_heads * c.d_head + 2 * d_mlp + 4 * c.n_heads * seq_len + c.d_vocab
                + 3 * c.n_layers * (c.d_model + 2 * c.n_heads * c.d_head))
-    elt = torch.finfo(c.dtype).bits // 8 if c.dtype.is_floating_point else 4
+    elt = _elt_bytes(model)
     return max(1, int((memory_mb or _MEMORY_MB[0]) * 2**20 // (2 * elt * seq_len * per_pos)))
 
 def _layer_of(hook_name: str) -> int | None:
@@ -680,15 +684,13 @@ def per_example_patch(model: HookedTransformer,  # the model to patch
     # a last-position metric other than the logit difference (e.g. margin) needs the full unembedding of each patched
     # row: the final residuals wait and are unembedded together, `unembed_rows` at a time (a d_vocab-wide matmul on a
     # few rows reads all of W_U for little work), the logits and one copy within the budget
-    elt = torch.finfo(model.cfg.dtype).bits // 8 if model.cfg.dtype.is_floating_point else 4
-    unembed_rows = max(rows, int(memory_mb * 2**20 // (2 * elt * model.cfg.d_vocab * 2)))
-    pending = []  # (vals [K, b], j, i, example index [r], final residual [r, 1, d_model]) not yet unembedded
+    unembed_rows = max(rows, int(memory_mb * 2**20 // (2 * _elt_bytes(model) * model.cfg.d_vocab * 2)))
+    pending, resids, examples = [], [], []  # not yet unembedded: (vals [K, b], j, i) per forward, its final residuals [r, 1, d_model] and example indices [r]
     def unembed_pending():
         if not pending: return
-        v = metric_from_resid(model, torch.cat([r for *_, r in pending]), torch.cat([e for *_, e, _ in pending]),
-                              answer_ids, distractor_ids, metric)
-        for (vals, j, i, _, _), vi in zip(pending, v.split([len(e) for *_, e, _ in pending])): vals[j, i] = vi.to(vals.dtype)
-        pending.clear()
+        v = metric_from_resid(model, torch.cat(resids), torch.cat(examples), answer_ids, distractor_ids, metric)
+        for (vals, j, i), vi in zip(pending, v.split([len(e) for e in examples])): vals[j, i] = vi.to(vals.dtype)
+        pending.clear(); resids.clear(); examples.clear()
     with qkv_as_linear(model):  # TL's per-forward copies of W_Q, W_K, W_V become views (same numbers)
         for s in range(0, N, b):
             ex = slice(s, min(N, s + b))
@@ -724,8 +726,9 @@ def per_example_patch(model: HookedTransformer,  # the model to patch
                         hook = _mask_hook(clean_act.narrow(1 + pax, p, seq - p), i, masks[j].narrow(1 + pax, p, seq - p))
                         res = run.forward(names[layer], hook, i, to_resid=last_only, start_pos=p)
                         if last_only and metric is not None:
-                            pending.append((vals, j, i, ex_idx[i], res[:, -1:].clone()))  # a copy: a view would keep every position alive
-                            if sum(len(e) for *_, e, _ in pending) >= unembed_rows: unembed_pending()
+                            pending.append((vals, j, i)); examples.append(ex_idx[i])
+                            resids.append(res[:, -1:].clone())  # a copy: a view would keep every position alive
+                            if sum(map(len, examples)) >= unembed_rows: unembed_pending()
                             continue
                         if metric is None: v = logit_diff_from_resid(model, res, a[i], d[i])
                         else: v = _check_per_example(metric(res, ex_idx[i]), len(i))

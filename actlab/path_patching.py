@@ -15,7 +15,7 @@ from torch import Tensor
 from transformer_lens import HookedTransformer
 import transformer_lens.utils as tl_utils
 
-from .patching import check_tokens, rows_per_chunk, metric_from_resid, resolve_metric, n_site_heads, _hooked, _did_you_mean
+from .patching import check_tokens, rows_per_chunk, _elt_bytes, metric_from_resid, resolve_metric, n_site_heads, _hooked, _did_you_mean
 if TYPE_CHECKING:  # names used only in string annotations
     import pandas as pd
     from actlab.metrics import Claim
@@ -126,7 +126,7 @@ def path_patch(model: HookedTransformer,  # the model to patch
     N, seq = corrupted_tokens.shape
     rows = rows_per_chunk(model, seq, memory_mb)
     rows_split = max(1, rows // max(1, c.n_heads // 2))  # split q/k/v inputs hold n_heads copies of the residual stream
-    elt = torch.finfo(c.dtype).bits // 8
+    elt = _elt_bytes(model)
     held = S * L * seq * c.d_model * elt  # run 1's residual streams for one example (every sender, every later layer)
     b = min(N, max(1, rows // 2), max(1, int(memory_mb * 2**20 // held)))  # examples per block
     out = torch.zeros(N, S, R, device=dev)
